@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-command setup on Debian/Ubuntu: system packages, pinned Python packages, Jittor pointed at the
+# system oneDNN (no download), and Jittor's kernel cache warmed. Safe to re-run.
+#   PYTHON=/path/to/python bash setup.sh    # to install into another interpreter or venv
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+
+# OpenMPI: mpirun and Jittor's MPI ops (mpicc). oneDNN: Jittor's fast CPU convolutions.
+missing=()
+for pkg in openmpi-bin libopenmpi-dev libdnnl-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+"$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
+
+# Jittor downloads oneDNN 2.2 on first import unless it finds lib/libmkldnn.so in this folder;
+# Debian's oneDNN 2.6 works in its place (its include and lib paths variables do not).
+arch=$(uname -m)
+suffix=""; [ "$arch" = "aarch64" ] && suffix="_aarch64"
+mkl_dir="$HOME/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp$suffix"
+if [ ! -e "$mkl_dir/lib/libmkldnn.so" ]; then
+  libdnnl=$(ls /usr/lib/*/libdnnl.so 2>/dev/null | head -n 1)
+  [ -n "$libdnnl" ] || { echo "setup.sh: libdnnl.so not found after installing libdnnl-dev" >&2; exit 1; }
+  mkdir -p "$mkl_dir/lib"
+  ln -sfn /usr/include/oneapi/dnnl "$mkl_dir/include"
+  ln -sf "$libdnnl" "$mkl_dir/lib/libmkldnn.so"
+fi
+
+"$PYTHON" tools/warmup.py

@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests run on the CPU; `util.runtime` must be imported before jittor."""
+import os
+import shutil
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import util.runtime  # noqa: E402,F401
+
+SHARED_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
+DEMO_ROOT = os.path.join(REPO_ROOT, "data", "demo")
+
+
+def shared_path(*parts):
+    """A path under ../shared/data, or a skip saying it is absent (the project never needs it)."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is absent: this check needs the shared real-data folder")
+    return path
+
+
+def write_image_list(root, entries, property_line=None):
+    """entries: [(relative path, label)] -> root/imgs.txt (+ property)."""
+    with open(os.path.join(root, "imgs.txt"), "w") as f:
+        f.writelines(f"{path} {label}\n" for path, label in entries)
+    if property_line is not None:
+        with open(os.path.join(root, "property"), "w") as f:
+            f.write(property_line)
+
+
+@pytest.fixture
+def tiny_face_set(tmp_path):
+    """`classes` identities x `per_class` real faces copied from the embedded demo set."""
+    def make(classes=4, per_class=4):
+        entries = []
+        with open(os.path.join(DEMO_ROOT, "imgs.txt")) as f:
+            demo = [line.split() for line in f]
+        by_label = {}
+        for path, label in demo:
+            by_label.setdefault(int(label), []).append(path)
+        for new_label, label in enumerate(sorted(by_label)[:classes]):
+            for path in by_label[label][:per_class]:
+                os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+                shutil.copyfile(os.path.join(DEMO_ROOT, path), tmp_path / path)
+                entries.append((path, new_label))
+        write_image_list(tmp_path, entries, f"{classes},112,112\n")
+        return tmp_path, entries
+    return make
