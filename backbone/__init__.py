@@ -1,0 +1,23 @@
+"""Backbones by name: `build_backbone("IR_50", input_size=(112, 112), embedding_size=512)`."""
+from functools import partial
+
+from .ir import IResNet
+from .mobilefacenet import MobileFaceNet
+
+BACKBONES = {
+    "IR_18": partial(IResNet, 18),
+    "IR_34": partial(IResNet, 34),
+    "IR_50": partial(IResNet, 50),
+    "IR_100": partial(IResNet, 100),
+    "IR_101": partial(IResNet, 100),  # the official SFace code's name for IR_100
+    "IR_152": partial(IResNet, 152),
+    "IR_SE_50": partial(IResNet, 50, use_se=True),
+    "IR_SE_100": partial(IResNet, 100, use_se=True),
+    "MobileFaceNet": MobileFaceNet,
+}
+
+
+def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")
+    return BACKBONES[name](input_size=tuple(input_size), embedding_size=embedding_size, **kwargs)

@@ -1,0 +1,99 @@
+"""Backbone shapes, parameter counts, initialisation and gradient flow."""
+import math
+
+import jittor as jt
+import numpy as np
+import pytest
+from jittor import nn
+
+from backbone import BACKBONES, build_backbone
+from backbone.common import count_parameters
+from backbone.ir import UNITS_PER_STAGE
+
+# Measured on the official PyTorch IR_50 (face.evoLVe / SFace_torch), 112x112, 512-d.
+REFERENCE_IR_50_PARAMETERS = 43_574_976
+# Xiaoccer's PyTorch MobileFaceNet (112x96, 128-d) has 999,552; its last layer is a 1x1 conv
+# without bias where ours (like InsightFace's) is a Linear with one: +128.
+XIAOCCER_MOBILEFACENET_PARAMETERS = 999_552 + 128
+
+
+def ir_parameter_count(depth, height, width, embedding=512, se=False):
+    """Independent arithmetic over the architecture description (REFERENCE.md section 2)."""
+    total = 3 * 64 * 9 + 2 * 64 + 64  # stem conv + BN + PReLU
+    in_c = 64
+    for d, units in zip((64, 128, 256, 512), UNITS_PER_STAGE[depth]):
+        for _ in range(units):
+            total += 2 * in_c + in_c * d * 9 + d + d * d * 9 + 2 * d
+            if in_c != d:
+                total += in_c * d + 2 * d
+            if se:
+                total += 2 * d * (d // 16)
+            in_c = d
+    return total + 2 * 512 + 512 * (height // 16) * (width // 16) * embedding + embedding + 2 * embedding
+
+
+def images(n, height, width, seed=0):
+    return jt.array(np.random.default_rng(seed).uniform(0, 255, (n, 3, height, width)).astype(np.float32))
+
+
+def test_ir_50_matches_the_reference_parameter_count():
+    assert count_parameters(build_backbone("IR_50")) == REFERENCE_IR_50_PARAMETERS
+
+
+@pytest.mark.parametrize("name,depth,se", [("IR_18", 18, False), ("IR_34", 34, False), ("IR_100", 100, False),
+                                           ("IR_101", 100, False), ("IR_152", 152, False),
+                                           ("IR_SE_50", 50, True), ("IR_SE_100", 100, True)])
+def test_ir_parameter_counts(name, depth, se):
+    assert count_parameters(build_backbone(name)) == ir_parameter_count(depth, 112, 112, se=se)
+
+
+def test_parameter_counts_at_112x96_and_other_embedding_sizes():
+    assert count_parameters(build_backbone("IR_50", (112, 96), 256)) == ir_parameter_count(50, 112, 96, 256)
+    assert count_parameters(build_backbone("MobileFaceNet", (112, 96), 128)) == XIAOCCER_MOBILEFACENET_PARAMETERS
+
+
+@pytest.mark.parametrize("name", ["IR_18", "MobileFaceNet"])
+@pytest.mark.parametrize("size", [(112, 112), (112, 96)])
+def test_output_shapes(name, size):
+    model = build_backbone(name, size, embedding_size=128)
+    model.eval()
+    assert tuple(model(images(2, *size)).shape) == (2, 128)
+
+
+def test_real_ir_50_forward():
+    model = build_backbone("IR_50")
+    model.eval()
+    out = model(images(2, 112, 112)).numpy()
+    assert out.shape == (2, 512) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["IR_18", "MobileFaceNet"])
+def test_gradients_reach_the_stem(name):
+    model = build_backbone(name, (112, 96), embedding_size=64)
+    model.train()
+    stem = model.input_layer[0].weight if name.startswith("IR") else model.conv_1.conv2d.weight
+    out = model(images(4, 112, 96))
+    grad = jt.grad((out * out).sum(), stem).numpy()
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+
+
+def test_reference_initialisation():
+    model = build_backbone("IR_18")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm):
+            assert np.all(m.weight.numpy() == 1) and np.all(m.bias.numpy() == 0)
+        elif isinstance(m, nn.PReLU):
+            assert np.all(m.weight.numpy() == 1)
+    conv = model.body[3].res_layer[1].weight.numpy()  # 128 x 128 x 3 x 3
+    assert conv.std() == pytest.approx(2 * math.sqrt(2 / (128 * 9)), rel=0.05)
+    linear = model.output_layer[3]
+    assert linear.weight.numpy().std() == pytest.approx(2 * math.sqrt(2 / 512), rel=0.05)
+    assert np.all(linear.bias.numpy() == 0)
+
+
+def test_unknown_names_and_sizes_are_refused():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("ResNet_9000")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        build_backbone("IR_18", (100, 100))
+    assert {"IR_50", "IR_100", "IR_101", "IR_152", "IR_SE_50", "IR_SE_100", "MobileFaceNet"} <= set(BACKBONES)
