@@ -1,0 +1,151 @@
+"""The image-list training set: `imgs.txt` (`<relative path> <label>` per line) + optional `property`.
+
+Everything a list can get wrong is found when it is read (before training starts) and
+reported as `file:line: problem`. Images themselves are decoded lazily; one that is
+missing or cannot be decoded is reported by `ImageListDataset.load` instead.
+"""
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+LIST_NAME = "imgs.txt"
+PROPERTY_NAME = "property"
+
+
+class DataError(ValueError):
+    """Bad training data, with the file (and line) at fault in the message."""
+
+
+@dataclass
+class ImageList:
+    root: str
+    list_file: str
+    paths: list  # relative to root, as written in the list
+    labels: np.ndarray  # int64, in [0, num_classes)
+    line_numbers: np.ndarray  # 1-based line of each sample in list_file
+    num_classes: int
+    image_size: tuple = None  # (height, width) from `property`, None without one
+
+
+def read_property(path):
+    """`NUM_CLASS,H,W` -> (num_classes, (H, W))."""
+    with open(path) as f:
+        text = f.read().strip()
+    fields = text.split(",")
+    try:
+        num_classes, height, width = (int(v) for v in fields)
+    except ValueError:
+        raise DataError(f"{path}:1: expected 'NUM_CLASS,HEIGHT,WIDTH', got '{text}'") from None
+    if num_classes <= 0:
+        raise DataError(f"{path}:1: class count must be positive, got {num_classes}")
+    return num_classes, (height, width)
+
+
+def parse_list_line(line, list_file, line_number):
+    """`path label` -> (path, label); the path may contain spaces."""
+    fields = line.rsplit(maxsplit=1)
+    if len(fields) != 2:
+        raise DataError(f"{list_file}:{line_number}: expected '<relative path> <label>', got '{line}'")
+    path, label_text = fields
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise DataError(f"{list_file}:{line_number}: label '{label_text}' is not an integer") from None
+    if label < 0:
+        raise DataError(f"{list_file}:{line_number}: label {label} is negative")
+    return path, label
+
+
+def read_image_list(root, list_name=LIST_NAME):
+    list_file = os.path.join(root, list_name)
+    if not os.path.isfile(list_file):
+        raise DataError(f"{list_file}: no such file (the data root must hold '{list_name}')")
+    paths, labels, line_numbers = [], [], []
+    with open(list_file, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            path, label = parse_list_line(line, list_file, line_number)
+            paths.append(path)
+            labels.append(label)
+            line_numbers.append(line_number)
+    if not paths:
+        raise DataError(f"{list_file}: the list holds no images")
+    labels = np.asarray(labels, dtype=np.int64)
+    line_numbers = np.asarray(line_numbers, dtype=np.int64)
+
+    property_file = os.path.join(root, PROPERTY_NAME)
+    if os.path.isfile(property_file):
+        num_classes, image_size = read_property(property_file)
+        bad = np.flatnonzero(labels >= num_classes)
+        if bad.size:
+            i = bad[0]
+            raise DataError(f"{list_file}:{line_numbers[i]}: label {labels[i]} is outside [0, {num_classes}) "
+                            f"set by {property_file} ({bad.size} such lines)")
+    else:
+        num_classes, image_size = int(labels.max()) + 1, None
+    return ImageList(root, list_file, paths, labels, line_numbers, num_classes, image_size)
+
+
+def decode_image(data):
+    """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image.
+
+    OpenCV fills a truncated JPEG with grey and only warns on stderr; a JPEG must
+    therefore end with its end-of-image marker (trailing zero padding allowed).
+    """
+    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def fit_width(image, width):
+    """Cut equal margins off both sides: 112x112 aligned faces -> the 112x96 SphereFace crop."""
+    margin = (image.shape[1] - width) // 2
+    return image[:, margin:margin + width] if margin > 0 else image
+
+
+class ImageListDataset:
+    """Decodes one sample of an `ImageList` to a 3 x H x W float32 RGB array (0..255).
+
+    `load` returns None, with the reason, for an image that is missing, undecodable or of
+    the wrong size, so the loader can skip and count it (or stop, if asked to).
+    """
+
+    def __init__(self, image_list, input_size=(112, 112)):
+        self.image_list = image_list
+        self.input_size = tuple(input_size)
+        self.num_classes = image_list.num_classes
+
+    def __len__(self):
+        return len(self.image_list.paths)
+
+    def describe(self, index):
+        """`imgs.txt:LINE (path)` for messages about one sample."""
+        il = self.image_list
+        return f"{il.list_file}:{il.line_numbers[index]} ({il.paths[index]})"
+
+    def read_bytes(self, index):
+        with open(os.path.join(self.image_list.root, self.image_list.paths[index]), "rb") as f:
+            return f.read()
+
+    def load(self, index, flip=False):
+        """-> (3 x H x W float32 image, label, None) or (None, label, reason)."""
+        label = int(self.image_list.labels[index])
+        try:
+            data = self.read_bytes(index)
+        except OSError as e:
+            return None, label, f"cannot read: {e.strerror}"
+        image = decode_image(data)
+        if image is None:
+            return None, label, "not a decodable image"
+        height, width = self.input_size
+        image = fit_width(image, width)
+        if image.shape[:2] != (height, width):
+            return None, label, f"size {image.shape[0]}x{image.shape[1]}, expected {height}x{width}"
+        if flip:
+            image = image[:, ::-1]
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), label, None
