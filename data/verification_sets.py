@@ -1,0 +1,140 @@
+"""Verification pair sets: InsightFace `.bin` files and LFW-style `pairs.txt` + image folders.
+
+Both become a `PairSet`: the distinct encoded images (a pair set names many images
+twice; each is embedded once), the pairs as indices into them, and the labels.
+"""
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image_list import DataError, decode_image, fit_width
+
+PAIRS_NAME = "pairs.txt"
+IMAGES_DIR = "images"
+
+
+@dataclass
+class PairSet:
+    name: str
+    encoded: list  # distinct encoded images (bytes)
+    sources: list  # where each image came from, for messages
+    pairs: np.ndarray  # P x 2 indices into `encoded`
+    issame: np.ndarray  # P bools
+
+    def decode(self, index, input_size):
+        """Image `index` as H x W x 3 uint8 RGB of the network's input size."""
+        image = decode_image(self.encoded[index])
+        if image is None:
+            raise DataError(f"{self.sources[index]}: not a decodable image")
+        height, width = input_size
+        image = fit_width(image, width)
+        if image.shape[:2] != (height, width):
+            raise DataError(f"{self.sources[index]}: size {image.shape[0]}x{image.shape[1]}, "
+                            f"expected {height}x{width}")
+        return image
+
+
+class _Distinct:
+    """Collects distinct images by key, remembering the first source of each."""
+
+    def __init__(self):
+        self.index, self.encoded, self.sources = {}, [], []
+
+    def add(self, key, read, source):
+        if key not in self.index:
+            self.index[key] = len(self.encoded)
+            self.encoded.append(read())
+            self.sources.append(source)
+        return self.index[key]
+
+
+def parse_pairs_txt(path):
+    """LFW View 2 `pairs.txt` -> [(line, name1, n1, name2, n2, same)], checked against its header."""
+    with open(path) as f:
+        lines = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: empty pairs file")
+    expected = None
+    first_fields = lines[0][1]
+    if len(first_fields) == 2 and all(v.isdigit() for v in first_fields):
+        folds, per_fold = (int(v) for v in first_fields)
+        expected = 2 * folds * per_fold
+        lines = lines[1:]
+    entries = []
+    for n, fields in lines:
+        try:
+            if len(fields) == 3:
+                entries.append((n, fields[0], int(fields[1]), fields[0], int(fields[2]), True))
+            elif len(fields) == 4:
+                entries.append((n, fields[0], int(fields[1]), fields[2], int(fields[3]), False))
+            else:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"{path}:{n}: expected 'name i j' or 'name1 i name2 j', got '{' '.join(fields)}'") from None
+    if expected is not None and len(entries) != expected:
+        raise DataError(f"{path}:1: header promises {expected} pairs, the file has {len(entries)}")
+    return entries
+
+
+def load_pairs_folder(folder, name=None):
+    """`folder/pairs.txt` + `folder/images/<Name>/<Name>_<NNNN>.jpg` (the LFW layout)."""
+    pairs_file = os.path.join(folder, PAIRS_NAME)
+    distinct = _Distinct()
+    pairs, issame = [], []
+    for line, name1, n1, name2, n2, same in parse_pairs_txt(pairs_file):
+        pair = []
+        for person, number in ((name1, n1), (name2, n2)):
+            path = os.path.join(folder, IMAGES_DIR, person, f"{person}_{number:04d}.jpg")
+            if not os.path.isfile(path):
+                raise DataError(f"{pairs_file}:{line}: image {path} does not exist")
+            pair.append(distinct.add(path, lambda p=path: open(p, "rb").read(), path))
+        pairs.append(pair)
+        issame.append(same)
+    return PairSet(name or os.path.basename(os.path.normpath(folder)), distinct.encoded, distinct.sources,
+                   np.array(pairs, dtype=np.int64), np.array(issame, dtype=bool))
+
+
+def read_bin_pickle(path):
+    """(bins, issame_list) of an InsightFace .bin; Python-2 pickles need encoding='bytes'."""
+    for encoding in ("ASCII", "bytes"):
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise DataError(f"{path}: not a readable verification .bin (truncated or corrupt pickle: {e})") from None
+    raise DataError(f"{path}: not a readable verification .bin (undecodable strings)")
+
+
+def load_bin(path, name=None):
+    """InsightFace verification .bin: pair i is images 2i and 2i+1."""
+    content = read_bin_pickle(path)
+    if not (isinstance(content, (tuple, list)) and len(content) == 2):
+        raise DataError(f"{path}: expected a pickled (bins, issame_list) pair")
+    bins, issame_list = content
+    if len(bins) != 2 * len(issame_list):
+        raise DataError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need twice as many)")
+    distinct = _Distinct()
+    indices = []
+    for i, item in enumerate(bins):
+        data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
+        indices.append(distinct.add(data, lambda d=data: d, f"{path} image {i}"))
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    return PairSet(name, distinct.encoded, distinct.sources,
+                   np.array(indices, dtype=np.int64).reshape(-1, 2), np.array(issame_list, dtype=bool))
+
+
+def load_target(target, eval_root):
+    """A target by path (a .bin or a pairs folder) or by name under `eval_root`."""
+    name = os.path.splitext(os.path.basename(os.path.normpath(target)))[0]
+    candidates = [target, os.path.join(eval_root, target + ".bin"), os.path.join(eval_root, target)]
+    for path in candidates:
+        if os.path.isfile(path) and path.endswith(".bin"):
+            return load_bin(path, name)
+        if os.path.isfile(os.path.join(path, PAIRS_NAME)):
+            return load_pairs_folder(path, name)
+    raise DataError(f"verification target '{target}' not found: looked for "
+                    + ", ".join([candidates[1], os.path.join(candidates[2], PAIRS_NAME)]))
