@@ -1,0 +1,150 @@
+"""The training script end to end on CPU: outputs, presets, bad flags, exact resume after SIGKILL."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_ROOT, REPO_ROOT
+from util.checkpoint import load_checkpoint
+from util.config import DATA_MODES, parse_config
+
+TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
+
+
+def small_pairs_folder(root, per_fold=1):
+    """`per_fold` same + different pairs per fold, cut from the embedded demo pairs."""
+    source = os.path.join(DEMO_ROOT, "lfw_demo")
+    with open(os.path.join(source, "pairs.txt")) as f:
+        lines = f.read().splitlines()[1:]
+    fold = len(lines) // 10
+    half = fold // 2
+    chosen = [line for k in range(10) for line in lines[k * fold: k * fold + per_fold]
+              + lines[k * fold + half: k * fold + half + per_fold]]
+    os.makedirs(root)
+    with open(os.path.join(root, "pairs.txt"), "w") as f:
+        f.write(f"10\t{per_fold}\n" + "\n".join(chosen) + "\n")
+    for line in chosen:
+        fields = line.split()
+        names = [(fields[0], fields[1]), (fields[0], fields[2])] if len(fields) == 3 else \
+            [(fields[0], fields[1]), (fields[2], fields[3])]
+        for name, number in names:
+            rel = os.path.join("images", name, f"{name}_{int(number):04d}.jpg")
+            os.makedirs(os.path.join(root, "images", name), exist_ok=True)
+            shutil.copyfile(os.path.join(source, rel), os.path.join(root, rel))
+    return root
+
+
+def train_args(data_root, outdir, *extra):
+    return ["--data_root", str(data_root), "--outdir", str(outdir), "--net", "MobileFaceNet",
+            "--batch_size", "4", "--lr", "0.05", "--workers_id", "cpu", "--num_workers", "2", *extra]
+
+
+def read_metrics(outdir, kind):
+    with open(os.path.join(outdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_every_data_mode_resolves_with_its_recommended_a_b():
+    expected = {"casia": (0.87, 1.2), "vgg": (0.88, 1.25), "ms1m": (0.9, 1.2)}
+    for mode in DATA_MODES:
+        cfg = parse_config(["--data_mode", mode])
+        assert os.path.isabs(cfg["data_root"]) and cfg["data_root"].startswith(REPO_ROOT)
+        if mode in expected:
+            assert (cfg["param_a"], cfg["param_b"]) == expected[mode]
+    cfg = parse_config(["--data_mode", "vgg", "--param_a", "0.5", "--data_root", "/x"])
+    assert cfg["param_a"] == 0.5 and cfg["param_b"] == 1.25 and cfg["data_root"] == "/x"
+    assert parse_config(["--workers_id", "cpu"])["gpu_ids"] == []
+    assert parse_config(["--workers_id", "0,1"])["gpu_ids"] == [0, 1]
+
+
+@pytest.mark.parametrize("flag,value,message", [("--input_size", "112", "--input_size must look like"),
+                                                ("--stages", "5,x", "--stages must be comma-separated"),
+                                                ("--batch_size", "0", "--batch_size must be positive"),
+                                                ("--data_mode", "imagenet", "invalid choice")])
+def test_bad_flags_are_refused(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):
+    import train_SFace_jittor
+    data_root, _ = tiny_face_set(classes=4, per_class=4)
+    target = small_pairs_folder(str(tmp_path / "mini_lfw"))
+    outdir = tmp_path / "run"
+    best = train_SFace_jittor.main(train_args(data_root, outdir, "--epochs", "3", "--stages", "2", "--log_freq", "2",
+                                              "--eval_freq", "6", "--target", target))
+    train = read_metrics(outdir, "train")
+    evals = read_metrics(outdir, "eval")
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert train[-1]["lr"] == pytest.approx(0.005)  # divided by 10 at epoch 2
+    assert [r["step"] for r in evals] == [0, 6, 12] and evals[0]["pairs"] == 20
+    assert all(0 <= r["accuracy"] <= 1 and r["xnorm"] > 0 for r in evals)
+    assert best["mean_accuracy"] == max(r["accuracy"] for r in evals)
+    last = load_checkpoint(str(outdir / "last.npz"))
+    assert last["meta"]["progress"]["step"] == 12 and last["meta"]["progress"]["epoch"] == 3
+    assert last["meta"]["config"]["net"] == "MobileFaceNet"
+    assert "conv_1.conv2d.weight" in last["backbone"] and last["head"]["weight"].shape == (4, 512)
+    assert os.path.exists(outdir / "train.log") and os.path.exists(outdir / "config.json")
+
+
+def test_a_bad_image_list_stops_before_training(tmp_path):
+    (tmp_path / "imgs.txt").write_text("a.jpg 0\nb.jpg\n")
+    result = subprocess.run([sys.executable, TRAIN, *train_args(tmp_path, tmp_path / "out", "--target", "none")],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode != 0
+    assert "imgs.txt:2: expected '<relative path> <label>'" in result.stderr
+
+
+def run_until(args, predicate, timeout=600):
+    """Start a training process and SIGKILL it once predicate() holds."""
+    # Jittor's SIGCHLD handler quick-exits any process that imported it when a child dies
+    # of a signal; this test process kills its child on purpose.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    process = subprocess.Popen([sys.executable, TRAIN, *args], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "training did not reach the kill point in time"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_face_set, tmp_path):
+    data_root, _ = tiny_face_set(classes=5, per_class=4)  # 5 batches of 4 per epoch
+    common = ["--epochs", "3", "--stages", "2", "--save_freq", "4", "--log_freq", "1", "--eval_freq", "0",
+              "--target", "none"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run([sys.executable, TRAIN, *train_args(data_root, straight, *common)], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+
+    def reached_step_9():
+        path = interrupted / "metrics.jsonl"
+        return path.exists() and any(r.get("step") == 9 for r in map(json.loads, path.read_text().splitlines()[:-1]))
+    run_until(train_args(data_root, interrupted, *common), reached_step_9)
+    killed_at = load_checkpoint(str(interrupted / "last.npz"))["meta"]["progress"]
+    assert killed_at["step"] == 8 and killed_at["batch"] == 3  # mid-way through epoch 2
+    subprocess.run([sys.executable, TRAIN, "--resume", str(interrupted), "--workers_id", "cpu"], cwd=REPO_ROOT,
+                   check=True, capture_output=True)
+
+    a, b = load_checkpoint(str(straight / "last.npz")), load_checkpoint(str(interrupted / "last.npz"))
+    assert a["meta"]["progress"] == b["meta"]["progress"]
+    for part in ("backbone", "head"):
+        for name, value in a[part].items():
+            np.testing.assert_allclose(b[part][name], value, rtol=1e-5, atol=1e-6, err_msg=f"{part}/{name}")
+    for x, y in zip(a["optimizer"], b["optimizer"]):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    logged_a, logged_b = read_metrics(straight, "train"), read_metrics(interrupted, "train")
+    assert [r["step"] for r in logged_b] == list(range(1, 16))
+    for ra, rb in zip(logged_a, logged_b):
+        for key in ("loss", "intra", "inter", "cos_target", "cos_other", "train_acc", "lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Train a face-recognition backbone with the SFace loss; `mpirun -np N` for N data-parallel ranks.
+
+    python3 train_SFace_jittor.py --data_mode demo                     # the embedded demo
+    python3 train_SFace_jittor.py --net IR_50 --param_a 0.87 --param_b 1.2 --data_root DIR
+"""
+import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
+
+import json
+import os
+import sys
+import time
+
+import jittor as jt
+import numpy as np
+from tqdm import tqdm
+
+from backbone import build_backbone
+from data.image_list import DataError, ImageListDataset, read_image_list
+from data.loader import BatchLoader
+from data.verification_sets import load_target
+from head import build_head
+from util import distributed
+from util.checkpoint import load_checkpoint, load_weights, module_arrays, save_checkpoint
+from util.config import lr_at, parse_config
+from util.evaluation import EvalTarget, evaluate_target
+from util.logger import MetricsLog, setup_logging
+from util.optim import build_sgd, load_momentum_buffers, momentum_buffers
+
+LAST, BEST = "last.npz", "best.npz"
+# What a resumed run may change; everything else comes from the checkpoint's config.
+RESUME_OVERRIDABLE = ("workers_id", "gpu_ids", "num_workers", "max_steps", "epochs", "eval_freq", "save_freq",
+                      "log_freq", "target", "targets", "eval_root", "strict_data", "outdir", "resume")
+WINDOW_KEYS = ("loss", "intra", "inter", "cos_target", "cos_other", "correct", "samples", "steps")
+
+
+def select_device(cfg):
+    """--workers_id: 'cpu', GPU ids, or 'auto' (CUDA when Jittor has it)."""
+    want_gpu = bool(jt.has_cuda) if cfg["gpu_ids"] is None else bool(cfg["gpu_ids"])
+    if want_gpu and not jt.has_cuda:
+        raise SystemExit(f"--workers_id {cfg['workers_id']} asks for a GPU, but Jittor found no usable CUDA "
+                         "here; pass --workers_id cpu")
+    jt.flags.use_cuda = int(want_gpu)
+    return "cuda" if want_gpu else "cpu"
+
+
+def resume_config(cfg):
+    """The checkpoint's config, with the options a resumed run may change taken from this command line."""
+    path = os.path.join(cfg["resume"], LAST) if os.path.isdir(cfg["resume"]) else cfg["resume"]
+    checkpoint = load_checkpoint(path)
+    resumed = dict(checkpoint["meta"]["config"])
+    for key in RESUME_OVERRIDABLE:
+        if key in cfg["given"] or key in ("resume", "gpu_ids"):
+            resumed[key] = cfg[key]
+    resumed["resume"] = path
+    if "outdir" not in cfg["given"]:
+        resumed["outdir"] = os.path.dirname(os.path.abspath(path))
+    return resumed, checkpoint
+
+
+def load_eval_targets(cfg, log):
+    targets = []
+    for name in cfg["targets"]:
+        try:
+            pair_set = load_target(name, cfg["eval_root"])
+        except DataError as e:
+            if "target" in cfg["given"]:
+                raise
+            log.warning("skipping default verification target: %s", e)
+            continue
+        targets.append(EvalTarget(pair_set, cfg["input_hw"], cfg["num_workers"]))
+        log.info("verification target %s: %d pairs, %d distinct images", pair_set.name,
+                 len(pair_set.issame), len(pair_set.encoded))
+    return targets
+
+
+def load_start_weights(module, path, part):
+    """--resume_backbone / --resume_head: a checkpoint of ours or an official SFace-Jittor pickle."""
+    try:
+        arrays = load_checkpoint(path)[part]
+    except ValueError:
+        arrays = {k: np.asarray(v) for k, v in jt.load(path).items()}
+    load_weights(module, arrays, path)
+
+
+def train_step(backbone, head, optimizer, images, labels, seed, step):
+    jt.set_seed(seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only: resumable
+    labels_var = jt.array(labels)
+    out = head(backbone(jt.array(images)), labels_var)
+    optimizer.step(out.loss)
+    correct = (jt.argmax(out.logits, 1)[0] == labels_var).sum()
+    values = [v.item() for v in (out.loss, out.intra, out.inter, out.cos_target, out.cos_other, correct)]
+    return dict(zip(WINDOW_KEYS, values + [len(labels), 1]))
+
+
+def window_record(window, progress, lr, seconds):
+    steps, samples = window["steps"], window["samples"]
+    record = {"kind": "train", "step": progress["step"], "epoch": progress["epoch"] + 1, "lr": lr}
+    record.update({k: window[k] / steps for k in ("loss", "intra", "inter", "cos_target", "cos_other")})
+    record["train_acc"] = window["correct"] / samples
+    record["img_per_s"] = samples / max(seconds, 1e-9)
+    return record
+
+
+def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
+    """Evaluate every target; returns True when the mean accuracy beats the best so far."""
+    reports = [evaluate_target(backbone, t, cfg["batch_size"]) for t in targets]
+    backbone.train()
+    for r in reports:
+        log.info("[%s][step %d] accuracy %.4f +- %.4f  threshold %.2f  XNorm %.2f  AUC %.4f  EER %.4f  TAR@FAR "
+                 "1e-3 %.4f 1e-4 %.4f", r["target"], progress["step"], r["accuracy"], r["accuracy_std"],
+                 r["threshold"], r["xnorm"], r["auc"], r["eer"], r["tar_at_far"]["0.001"], r["tar_at_far"]["0.0001"])
+        record = {k: v for k, v in r.items() if k != "roc"}
+        if distributed.is_main():
+            metrics.write(dict(record, kind="eval", step=progress["step"], epoch=progress["epoch"] + 1))
+        best["per_target"][r["target"]] = max(best["per_target"].get(r["target"], 0.0), r["accuracy"])
+    mean_accuracy = float(np.mean([r["accuracy"] for r in reports]))
+    improved = mean_accuracy > best["mean_accuracy"]
+    if improved:
+        best.update(mean_accuracy=mean_accuracy, step=progress["step"])
+    return improved
+
+
+def save_state(path, cfg, progress, best, window, backbone, head, optimizer):
+    if distributed.is_main():
+        meta = {"config": cfg, "progress": progress, "best": best, "window": window}
+        save_checkpoint(path, meta, module_arrays(backbone), module_arrays(head), momentum_buffers(optimizer))
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    checkpoint = None
+    if cfg["resume"]:
+        cfg, checkpoint = resume_config(cfg)
+    device = select_device(cfg)
+    rank, world = distributed.rank(), distributed.world_size()
+    log = setup_logging(cfg["outdir"], rank)
+    metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
+
+    # ---- data ----
+    train_list = read_image_list(cfg["data_root"])
+    dataset = ImageListDataset(train_list, cfg["input_hw"])
+    loader = BatchLoader(dataset, cfg["batch_size"], cfg["seed"], rank=rank, world_size=world,
+                         num_workers=cfg["num_workers"], strict=cfg["strict_data"])
+    log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
+             train_list.list_file, len(dataset), train_list.num_classes, len(np.unique(train_list.labels)),
+             len(loader), cfg["batch_size"])
+    targets = load_eval_targets(cfg, log)
+
+    # ---- model, loss, optimizer ----
+    jt.set_seed(cfg["seed"])
+    backbone = build_backbone(cfg["net"], cfg["input_hw"], cfg["embedding_size"])
+    head = build_head(cfg["head"], cfg["embedding_size"], train_list.num_classes, s=cfg["param_s"],
+                      k=cfg["param_k"], a=cfg["param_a"], b=cfg["param_b"])
+    optimizer = build_sgd([backbone, head], cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    progress = {"epoch": 0, "batch": 0, "step": 0}
+    best = {"mean_accuracy": -1.0, "step": None, "per_target": {}}
+    window = dict.fromkeys(WINDOW_KEYS, 0)
+    if checkpoint is not None:
+        load_weights(backbone, checkpoint["backbone"], cfg["resume"])
+        load_weights(head, checkpoint["head"], cfg["resume"])
+        load_momentum_buffers(optimizer, checkpoint["optimizer"], cfg["resume"])
+        meta = checkpoint["meta"]
+        progress, best, window = meta["progress"], meta["best"], meta["window"]
+        if distributed.is_main():
+            metrics.truncate_after(progress["step"])
+        log.info("resumed %s at epoch %d, batch %d (step %d)", cfg["resume"], progress["epoch"] + 1,
+                 progress["batch"], progress["step"])
+    else:
+        if cfg["resume_backbone"]:
+            load_start_weights(backbone, cfg["resume_backbone"], "backbone")
+        if cfg["resume_head"]:
+            load_start_weights(head, cfg["resume_head"], "head")
+        if distributed.is_main():
+            os.makedirs(cfg["outdir"], exist_ok=True)
+            open(metrics.path, "w").close()
+            with open(os.path.join(cfg["outdir"], "config.json"), "w") as f:
+                json.dump(cfg, f, indent=2)
+    log.info("%s (%s) + %s on %s, %d process(es); config: %s", cfg["net"], f"{cfg['input_size']}, "
+             f"{cfg['embedding_size']}-d", cfg["head"], device, world, json.dumps(cfg, sort_keys=True))
+    backbone.train()
+    head.train()
+
+    def save(path):
+        save_state(path, cfg, progress, best, window, backbone, head, optimizer)
+
+    def evaluate():
+        if targets and run_evaluation(backbone, targets, cfg, progress, best, metrics, log) and progress["step"]:
+            save(os.path.join(cfg["outdir"], BEST))
+        progress["evaluated_step"] = progress["step"]
+
+    # ---- train ----
+    if progress["step"] == 0:
+        evaluate()  # the untrained baseline
+    window_start = time.time()
+    stop = False
+    while progress["epoch"] < cfg["epochs"] and not stop:
+        epoch = progress["epoch"]
+        optimizer.lr = lr_at(cfg, epoch)
+        bar = tqdm(total=len(loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                   disable=True if rank else None, dynamic_ncols=True, leave=False)  # None: off when not a TTY
+        for images, labels in loader.epoch(epoch, progress["batch"]):
+            stats = train_step(backbone, head, optimizer, images, labels, cfg["seed"], progress["step"])
+            progress["batch"] += 1
+            progress["step"] += 1
+            for k, v in stats.items():
+                window[k] += v
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['correct'] / stats['samples']:.3f}")
+            step = progress["step"]
+            if step % cfg["log_freq"] == 0:
+                record = window_record(window, progress, optimizer.lr, time.time() - window_start)
+                record["skipped_images"] = loader.skipped
+                if rank == 0:
+                    metrics.write(record)
+                log.info("epoch %d batch %d/%d step %d  lr %.4g  loss %.4f (intra %.4f inter %.4f)  "
+                         "cos_y %.3f cos_j %.3f  acc %.3f  %.1f img/s", epoch + 1, progress["batch"], len(loader),
+                         step, optimizer.lr, record["loss"], record["intra"], record["inter"],
+                         record["cos_target"], record["cos_other"], record["train_acc"], record["img_per_s"])
+                window = dict.fromkeys(WINDOW_KEYS, 0)
+                window_start = time.time()
+            if cfg["eval_freq"] and step % cfg["eval_freq"] == 0:
+                evaluate()
+            stop = bool(cfg["max_steps"]) and step >= cfg["max_steps"]
+            if cfg["save_freq"] and step % cfg["save_freq"] == 0 or stop:
+                save(os.path.join(cfg["outdir"], LAST))
+            if stop:
+                break
+        bar.close()
+        if not stop:
+            progress.update(epoch=epoch + 1, batch=0)
+            save(os.path.join(cfg["outdir"], LAST))
+    if progress.get("evaluated_step") != progress["step"]:
+        evaluate()
+        save(os.path.join(cfg["outdir"], LAST))
+    if loader.skipped:
+        log.warning("%d unreadable training images were skipped (see the warnings above)", loader.skipped)
+    log.info("done at step %d; best mean verification accuracy %.4f (step %s); checkpoints in %s",
+             progress["step"], best["mean_accuracy"], best["step"], cfg["outdir"])
+    return best
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")

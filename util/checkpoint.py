@@ -1,0 +1,73 @@
+"""The one checkpoint format: a numpy `.npz` archive (no pickle; `np.load` reads it anywhere).
+
+Arrays are stored under `backbone/<name>`, `head/<name>` and `optimizer/<index>` (SGD
+momentum buffers, in the optimizer's parameter order), plus `meta`, a JSON string with the run's config, the training
+position (epoch, batch within the epoch, global step, learning rate) and the best
+evaluation results. RNG state needs no storage: every random draw is seeded from
+(seed, epoch) or (seed, step), which the checkpoint holds.
+
+Files are written to a temporary name, flushed to disk and renamed over the old one,
+so a crash mid-write leaves the previous checkpoint intact.
+
+Weights only:  `np.load(path)` and take the `backbone/` keys, or `load_backbone(path)`.
+"""
+import json
+import os
+
+import numpy as np
+
+FORMAT = "sface-jittor-checkpoint-v1"
+
+
+def module_arrays(module):
+    return {name: var.numpy() for name, var in module.state_dict().items()}
+
+
+def save_checkpoint(path, meta, backbone, head, optimizer_state):
+    arrays = {f"backbone/{k}": v for k, v in backbone.items()}
+    arrays.update({f"head/{k}": v for k, v in head.items()})
+    arrays.update({f"optimizer/{i}": v for i, v in enumerate(optimizer_state)})
+    arrays["meta"] = np.array(json.dumps(dict(meta, format=FORMAT)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """-> dict(meta, backbone, head, optimizer); raises ValueError naming the file if it is not ours."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
+    parts = {"backbone": {}, "head": {}, "optimizer": {}}
+    for key, value in arrays.items():
+        part, name = key.split("/", 1)
+        parts[part][name] = value
+    optimizer = [parts["optimizer"][str(i)] for i in range(len(parts["optimizer"]))]
+    return {"meta": meta, "backbone": parts["backbone"], "head": parts["head"], "optimizer": optimizer}
+
+
+def load_weights(module, arrays, source):
+    """Copy `arrays` into `module`, insisting on the same names and shapes (Jittor's own loader only warns)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    unexpected = sorted(set(arrays) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit {type(module).__name__}: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for name, var in own.items():
+        value = np.asarray(arrays[name])
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants {tuple(var.shape)}")
+        var.assign(value.astype(np.float32))
