@@ -15,13 +15,14 @@ import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
-from backbone import build_backbone
+from backbone import build_backbone_from_config
+from backbone.common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
 from data.image_list import DataError, ImageListDataset, read_image_list
 from data.loader import BatchLoader
 from data.verification_sets import load_target
 from head import build_head
 from util import distributed
-from util.checkpoint import load_checkpoint, load_weights, module_arrays, save_checkpoint
+from util.checkpoint import CheckpointError, load_checkpoint, load_weights, module_arrays, save_checkpoint
 from util.config import lr_at, parse_config
 from util.evaluation import EvalTarget, evaluate_target
 from util.logger import MetricsLog, setup_logging
@@ -76,10 +77,13 @@ def load_eval_targets(cfg, log):
 
 def load_start_weights(module, path, part):
     """--resume_backbone / --resume_head: a checkpoint of ours or an official SFace-Jittor pickle."""
-    try:
+    if path.endswith(".npz"):
         arrays = load_checkpoint(path)[part]
-    except ValueError:
-        arrays = {k: np.asarray(v) for k, v in jt.load(path).items()}
+    else:
+        try:
+            arrays = {k: np.asarray(v) for k, v in jt.load(path).items()}
+        except Exception as e:  # jt.load raises whatever unpickling raised
+            raise CheckpointError(f"{path}: neither a .npz checkpoint nor a Jittor .pkl state dict ({e})") from None
     load_weights(module, arrays, path)
 
 
@@ -103,7 +107,7 @@ def window_record(window, progress, lr, seconds):
 
 
 def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
-    """Evaluate every target; returns True when the mean accuracy beats the best so far."""
+    """Evaluate every target, tracking the best and the step-0 figures; True on a new best mean."""
     reports = [evaluate_target(backbone, t, cfg["batch_size"]) for t in targets]
     backbone.train()
     for r in reports:
@@ -114,6 +118,9 @@ def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
         if distributed.is_main():
             metrics.write(dict(record, kind="eval", step=progress["step"], epoch=progress["epoch"] + 1))
         best["per_target"][r["target"]] = max(best["per_target"].get(r["target"], 0.0), r["accuracy"])
+        if progress["step"] == 0:
+            best["baseline"][r["target"]] = r["accuracy"]
+        best["latest"][r["target"]] = r["accuracy"]
     mean_accuracy = float(np.mean([r["accuracy"] for r in reports]))
     improved = mean_accuracy > best["mean_accuracy"]
     if improved:
@@ -149,12 +156,13 @@ def main(argv=None):
 
     # ---- model, loss, optimizer ----
     jt.set_seed(cfg["seed"])
-    backbone = build_backbone(cfg["net"], cfg["input_hw"], cfg["embedding_size"])
+    cfg.setdefault("input_norm", [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE])
+    backbone = build_backbone_from_config(cfg)
     head = build_head(cfg["head"], cfg["embedding_size"], train_list.num_classes, s=cfg["param_s"],
                       k=cfg["param_k"], a=cfg["param_a"], b=cfg["param_b"])
     optimizer = build_sgd([backbone, head], cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     progress = {"epoch": 0, "batch": 0, "step": 0}
-    best = {"mean_accuracy": -1.0, "step": None, "per_target": {}}
+    best = {"mean_accuracy": -1.0, "step": None, "per_target": {}, "baseline": {}, "latest": {}}
     window = dict.fromkeys(WINDOW_KEYS, 0)
     if checkpoint is not None:
         load_weights(backbone, checkpoint["backbone"], cfg["resume"])
@@ -191,7 +199,7 @@ def main(argv=None):
 
     # ---- train ----
     if progress["step"] == 0:
-        evaluate()  # the untrained baseline
+        evaluate()  # the starting point, to compare against
     window_start = time.time()
     stop = False
     while progress["epoch"] < cfg["epochs"] and not stop:
@@ -235,13 +243,18 @@ def main(argv=None):
         save(os.path.join(cfg["outdir"], LAST))
     if loader.skipped:
         log.warning("%d unreadable training images were skipped (see the warnings above)", loader.skipped)
-    log.info("done at step %d; best mean verification accuracy %.4f (step %s); checkpoints in %s",
-             progress["step"], best["mean_accuracy"], best["step"], cfg["outdir"])
+    for name, accuracy in best["latest"].items():
+        log.info("%s: verification accuracy %.2f %% at step 0 -> %.2f %% at the end (best %.2f %%)", name,
+                 100 * best["baseline"].get(name, float("nan")), 100 * accuracy, 100 * best["per_target"][name])
+    log.info("done at step %d; latest checkpoint %s", progress["step"], os.path.join(cfg["outdir"], LAST))
+    if best["step"]:
+        log.info("best mean verification accuracy %.4f at step %d: %s", best["mean_accuracy"], best["step"],
+                 os.path.join(cfg["outdir"], BEST))
     return best
 
 
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:
+    except (DataError, CheckpointError) as e:  # bad input: the message names the file at fault
         sys.exit(f"error: {e}")

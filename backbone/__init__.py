@@ -1,6 +1,7 @@
 """Backbones by name: `build_backbone("IR_50", input_size=(112, 112), embedding_size=512)`."""
 from functools import partial
 
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
 from .ir import IResNet
 from .mobilefacenet import MobileFaceNet
 
@@ -21,3 +22,9 @@ def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")
     return BACKBONES[name](input_size=tuple(input_size), embedding_size=embedding_size, **kwargs)
+
+
+def build_backbone_from_config(cfg):
+    """The backbone a run config (as stored in checkpoints) describes."""
+    mean, scale = cfg.get("input_norm", (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE))
+    return build_backbone(cfg["net"], cfg["input_hw"], cfg["embedding_size"], input_mean=mean, input_scale=scale)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT
-from util.checkpoint import load_checkpoint
+from util.checkpoint import load_backbone, load_checkpoint
 from util.config import DATA_MODES, parse_config
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -93,6 +93,11 @@ def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tm
     assert last["meta"]["config"]["net"] == "MobileFaceNet"
     assert "conv_1.conv2d.weight" in last["backbone"] and last["head"]["weight"].shape == (4, 512)
     assert os.path.exists(outdir / "train.log") and os.path.exists(outdir / "config.json")
+    assert os.path.exists(outdir / "best.npz") == bool(best["step"])  # only a trained model can be "best"
+    backbone, cfg = load_backbone(str(outdir / "last.npz"))  # weights alone, from the same format
+    np.testing.assert_array_equal(backbone.state_dict()["conv_1.conv2d.weight"].numpy(),
+                                  last["backbone"]["conv_1.conv2d.weight"])
+    assert cfg["input_norm"] == [127.5, 1 / 128] and not backbone.is_training()
 
 
 def test_a_bad_image_list_stops_before_training(tmp_path):
@@ -148,3 +153,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_face_se
     for ra, rb in zip(logged_a, logged_b):
         for key in ("loss", "intra", "inter", "cos_target", "cos_other", "train_acc", "lr"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+
+
+def test_embedded_demo_is_consistent_and_held_out():
+    from data.image_list import read_image_list
+    from data.verification_sets import load_target
+    demo = read_image_list(DEMO_ROOT)
+    assert demo.num_classes == 100 and len(demo.paths) == 1868
+    assert all(os.path.isfile(os.path.join(DEMO_ROOT, p)) for p in demo.paths)
+    pairs = load_target("lfw_demo", DEMO_ROOT)
+    assert len(pairs.issame) == 600 and pairs.issame.sum() == 300
+    train_people = {p.split("/")[1] for p in demo.paths}
+    pair_people = {os.path.basename(os.path.dirname(s)) for s in pairs.sources}
+    assert not train_people & pair_people

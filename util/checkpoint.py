@@ -9,14 +9,20 @@ evaluation results. RNG state needs no storage: every random draw is seeded from
 Files are written to a temporary name, flushed to disk and renamed over the old one,
 so a crash mid-write leaves the previous checkpoint intact.
 
-Weights only:  `np.load(path)` and take the `backbone/` keys, or `load_backbone(path)`.
+Weights only: `load_backbone(path)` builds the backbone and loads it; or take the
+`backbone/` keys of `np.load(path)` yourself.
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
 FORMAT = "sface-jittor-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file that cannot be used, with the file named in the message."""
 
 
 def module_arrays(module):
@@ -38,17 +44,17 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state):
 
 
 def load_checkpoint(path):
-    """-> dict(meta, backbone, head, optimizer); raises ValueError naming the file if it is not ours."""
+    """-> dict(meta, backbone, head, optimizer); CheckpointError naming the file if it is not ours."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "meta" not in arrays:
-        raise ValueError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
+        raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
     meta = json.loads(str(arrays.pop("meta")))
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
+        raise CheckpointError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
     parts = {"backbone": {}, "head": {}, "optimizer": {}}
     for key, value in arrays.items():
         part, name = key.split("/", 1)
@@ -63,11 +69,22 @@ def load_weights(module, arrays, source):
     missing = sorted(set(own) - set(arrays))
     unexpected = sorted(set(arrays) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not fit {type(module).__name__}: "
+        raise CheckpointError(f"{source}: weights do not fit {type(module).__name__}: "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for name, var in own.items():
         value = np.asarray(arrays[name])
         if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants {tuple(var.shape)}")
+            raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants {tuple(var.shape)}")
         var.assign(value.astype(np.float32))
+
+
+def load_backbone(path):
+    """-> (backbone in eval mode with the checkpoint's weights, the run config it was trained with)."""
+    from backbone import build_backbone_from_config
+    checkpoint = load_checkpoint(path)
+    cfg = checkpoint["meta"]["config"]
+    backbone = build_backbone_from_config(cfg)
+    load_weights(backbone, checkpoint["backbone"], path)
+    backbone.eval()
+    return backbone, cfg

@@ -4,6 +4,7 @@ import numpy as np
 from jittor import nn
 
 from backbone.common import learnable_parameters
+from util.checkpoint import CheckpointError
 
 
 def split_batchnorm_parameters(modules):
@@ -27,8 +28,8 @@ def momentum_buffers(optimizer):
 def load_momentum_buffers(optimizer, arrays, source):
     buffers = [v for group in optimizer.param_groups for v in group["values"]]
     if len(arrays) != len(buffers):
-        raise ValueError(f"{source}: {len(arrays)} momentum buffers, this model's optimizer has {len(buffers)}")
+        raise CheckpointError(f"{source}: {len(arrays)} momentum buffers, this model's optimizer has {len(buffers)}")
     for i, (buffer, value) in enumerate(zip(buffers, arrays)):
         if tuple(buffer.shape) != tuple(value.shape):
-            raise ValueError(f"{source}: momentum buffer {i} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
+            raise CheckpointError(f"{source}: momentum buffer {i} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
         buffer.assign(np.asarray(value, np.float32))

@@ -1,0 +1,71 @@
+"""The checkpoint format: round trip, atomic writes, strict weight loading, clear errors."""
+import os
+
+import jittor as jt
+import numpy as np
+import pytest
+
+from backbone import build_backbone
+from util.checkpoint import CheckpointError, load_checkpoint, load_weights, module_arrays, save_checkpoint
+
+
+def test_round_trip_keeps_every_array_and_the_meta(tmp_path):
+    path = str(tmp_path / "c.npz")
+    backbone = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    head = {"weight": np.ones((4, 2), np.float32)}
+    momentum = [np.zeros(3, np.float32), np.full((2, 2), 0.5, np.float32)]
+    save_checkpoint(path, {"config": {"net": "x"}, "progress": {"step": 7}}, backbone, head, momentum)
+    loaded = load_checkpoint(path)
+    assert loaded["meta"]["progress"] == {"step": 7} and loaded["meta"]["config"] == {"net": "x"}
+    np.testing.assert_array_equal(loaded["backbone"]["a.weight"], backbone["a.weight"])
+    np.testing.assert_array_equal(loaded["head"]["weight"], head["weight"])
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["optimizer"], momentum))
+    assert os.listdir(tmp_path) == ["c.npz"]  # the temporary file was renamed, not left behind
+    with np.load(path) as archive:  # readable without this project's code
+        assert "backbone/a.weight" in archive.files
+
+
+def test_rewriting_replaces_the_file_whole(tmp_path):
+    path = str(tmp_path / "c.npz")
+    for step in range(3):
+        save_checkpoint(path, {"progress": {"step": step}}, {}, {"w": np.full(3, step, np.float32)}, [])
+    assert load_checkpoint(path)["meta"]["progress"]["step"] == 2
+
+
+def test_unreadable_files_are_named(tmp_path):
+    truncated = tmp_path / "cut.npz"
+    save_checkpoint(str(truncated), {}, {"w": np.zeros(1000, np.float32)}, {}, [])
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cut.npz: not a readable checkpoint"):
+        load_checkpoint(str(truncated))
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, w=np.zeros(3))
+    with pytest.raises(CheckpointError, match="foreign.npz: not an SFace-Jittor checkpoint"):
+        load_checkpoint(str(foreign))
+    with pytest.raises(CheckpointError, match="missing.npz: not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.npz"))
+
+
+def test_weights_must_fit_exactly():
+    model = build_backbone("MobileFaceNet", embedding_size=128)
+    arrays = module_arrays(model)
+    other = build_backbone("MobileFaceNet", embedding_size=128)
+    load_weights(other, arrays, "src")
+    np.testing.assert_array_equal(other.pre_fc1.weight.numpy(), arrays["pre_fc1.weight"])
+    with pytest.raises(CheckpointError, match="src: weights do not fit MobileFaceNet: missing \\['fc1.bias'\\]"):
+        load_weights(other, {k: v for k, v in arrays.items() if k != "fc1.bias"}, "src")
+    with pytest.raises(CheckpointError, match="src: 'pre_fc1.weight' has shape \\(128, 512\\), the model wants \\(64, 512\\)"):
+        load_weights(build_backbone("MobileFaceNet", embedding_size=64), arrays, "src")
+
+
+def test_start_weights_from_an_official_jittor_pickle(tmp_path):
+    import train_SFace_jittor
+    model = build_backbone("MobileFaceNet", embedding_size=128)
+    path = str(tmp_path / "Backbone_MobileFaceNet_Epoch_1.pkl")
+    jt.save({k: v.numpy() for k, v in model.state_dict().items()}, path)  # how the reference saved
+    fresh = build_backbone("MobileFaceNet", embedding_size=128)
+    train_SFace_jittor.load_start_weights(fresh, path, "backbone")
+    np.testing.assert_array_equal(fresh.conv_1.conv2d.weight.numpy(), model.conv_1.conv2d.weight.numpy())
+    (tmp_path / "junk.pkl").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.pkl: neither a .npz checkpoint nor a Jittor .pkl"):
+        train_SFace_jittor.load_start_weights(fresh, str(tmp_path / "junk.pkl"), "backbone")
