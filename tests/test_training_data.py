@@ -102,8 +102,12 @@ def test_bad_images_are_skipped_counted_and_named(tmp_path, caplog):
     write_jpeg(tmp_path / entries[4][0], height=100, width=100)  # wrong size
     dataset = ImageListDataset(read_image_list(str(tmp_path)))
     loader = BatchLoader(dataset, batch_size=8, seed=0, num_workers=2)
-    with caplog.at_level(logging.WARNING, logger="sface"):
+    log = logging.getLogger("sface")
+    log.addHandler(caplog.handler)  # the training script's setup stops propagation to the root logger
+    try:
         batches = list(loader.epoch(0))
+    finally:
+        log.removeHandler(caplog.handler)
     assert len(batches) == 1 and batches[0][0].shape == (4, 3, 112, 112)
     assert loader.skipped == 4
     text = caplog.text
