@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3}
 # OpenMPI: mpirun and Jittor's MPI ops (mpicc). oneDNN: Jittor's fast CPU convolutions.
 missing=()
 for pkg in openmpi-bin libopenmpi-dev libdnnl-dev; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  # `dpkg -s` also succeeds for removed packages whose config files remain: check the status.
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
