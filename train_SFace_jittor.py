@@ -207,6 +207,7 @@ def main(argv=None):
         optimizer.lr = lr_at(cfg, epoch)
         bar = tqdm(total=len(loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                    disable=True if rank else None, dynamic_ncols=True, leave=False)  # None: off when not a TTY
+        step_start = time.time()
         for images, labels in loader.epoch(epoch, progress["batch"]):
             stats = train_step(backbone, head, optimizer, images, labels, cfg["seed"], progress["step"])
             progress["batch"] += 1
@@ -214,7 +215,10 @@ def main(argv=None):
             for k, v in stats.items():
                 window[k] += v
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['correct'] / stats['samples']:.3f}")
+            now = time.time()
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['correct'] / stats['samples']:.3f}",
+                            img_s=f"{stats['samples'] * world / (now - step_start):.0f}")
+            step_start = now
             step = progress["step"]
             if step % cfg["log_freq"] == 0:
                 record = window_record(window, progress, optimizer.lr, time.time() - window_start)
