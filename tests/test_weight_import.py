@@ -1,0 +1,173 @@
+"""Foreign weights: the torch-free PyTorch reader and the exact importers."""
+import io
+import pickle
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+from backbone import build_backbone
+from util.checkpoint import load_weights, module_arrays
+from util.torch_pickle import LEGACY_MAGIC, load_torch_file
+from util.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
+                                set_batchnorm)
+
+
+# ---- a minimal torch.save look-alike (no PyTorch here): the pickle refers to torch globals ----
+
+def _stub_torch_modules():
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while writing")
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    storage = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage, torch._utils = storage, utils
+    return {"torch": torch, "torch._utils": utils}, utils._rebuild_tensor_v2, storage
+
+
+class FakeTensor:
+    """A strided view of a storage, pickled the way torch pickles tensors."""
+
+    def __init__(self, key, offset, size, stride):
+        self.key, self.offset, self.size, self.stride = key, offset, size, stride
+
+    def __reduce__(self):
+        return REBUILD, (("storage", self.key), self.offset, self.size, self.stride, False, {})
+
+
+def write_torch_file(path, obj, storages, legacy):
+    """storages: {key: float32 array}; FakeTensor leaves in obj refer to them by key."""
+    modules, rebuild, storage_type = _stub_torch_modules()
+    global REBUILD
+    REBUILD = rebuild
+    saved = dict(sys.modules)
+    sys.modules.update(modules)
+    try:
+        def persistent_id(item):
+            if isinstance(item, tuple) and len(item) == 2 and item[0] == "storage":
+                key = item[1]
+                return ("storage", storage_type, key, "cpu", storages[key].size)
+            return None
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=2)
+        pickler.persistent_id = persistent_id
+        pickler.dump(obj)
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
+    if legacy:
+        with open(path, "wb") as f:
+            for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+                pickle.dump(header, f, protocol=2)
+            f.write(buffer.getvalue())
+            pickle.dump(sorted(storages), f, protocol=2)
+            for key in sorted(storages):
+                f.write(np.int64(storages[key].size).tobytes())
+                f.write(storages[key].astype(np.float32).tobytes())
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", buffer.getvalue())
+            for key, data in storages.items():
+                z.writestr(f"archive/data/{key}", data.astype(np.float32).tobytes())
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_reader_rebuilds_strided_shared_tensors(tmp_path, legacy):
+    storage = np.arange(24, dtype=np.float32)
+    obj = {"epoch": 3, "net_state_dict": {
+        "a.weight": FakeTensor("0", 0, (2, 3, 4), (12, 4, 1)),
+        "b.weight_t": FakeTensor("0", 2, (3, 2), (1, 3)),  # transposed view with an offset
+        "c.bias": FakeTensor("1", 0, (5,), (1,)),
+    }}
+    path = tmp_path / ("legacy.pt" if legacy else "zip.pt")
+    write_torch_file(path, obj, {"0": storage, "1": np.full(5, 7.0, np.float32)}, legacy)
+    loaded = load_torch_file(str(path))
+    assert loaded["epoch"] == 3
+    sd = loaded["net_state_dict"]
+    np.testing.assert_array_equal(sd["a.weight"], storage.reshape(2, 3, 4))
+    np.testing.assert_array_equal(sd["b.weight_t"], np.lib.stride_tricks.as_strided(
+        storage[2:], (3, 2), (4, 12)))
+    np.testing.assert_array_equal(sd["c.bias"], np.full(5, 7.0))
+    assert sd["a.weight"].flags.writeable
+
+
+def test_torch_reader_refuses_other_globals_and_garbage(tmp_path):
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        for header in (LEGACY_MAGIC, 1001, {}):
+            pickle.dump(header, f)
+        f.write(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(ValueError, match="evil.pt: not a readable PyTorch checkpoint .*refusing to load global os.system"):
+        load_torch_file(str(evil))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_torch_file(str(tmp_path / "junk.pt"))
+
+
+def test_batchnorm_eps_is_folded_exactly():
+    rng = np.random.default_rng(0)
+    gamma, beta, mean, var, x = (rng.uniform(0.5, 2, 8) for _ in range(5))
+    arrays = {}
+    set_batchnorm(arrays, "bn", gamma, beta, mean, var, source_eps=1e-5, target_eps=1e-3)
+    theirs = gamma * (x - mean) / np.sqrt(var + 1e-5) + beta
+    ours = arrays["bn.weight"] * (x - arrays["bn.running_mean"]) / np.sqrt(arrays["bn.running_var"] + 1e-3) \
+        + arrays["bn.bias"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)  # exact up to float32 storage of the parameters
+
+
+def test_reference_pytorch_names_map_one_to_one():
+    model = build_backbone("IR_18", embedding_size=64)
+    state = {f"module.{k}": v for k, v in module_arrays(model).items()}
+    state["module.input_layer.1.num_batches_tracked"] = np.array(5)
+    arrays = from_reference_pytorch(state)
+    fresh = build_backbone("IR_18", embedding_size=64)
+    load_weights(fresh, arrays, "torch state dict")
+    np.testing.assert_array_equal(fresh.input_layer[0].weight.numpy(), model.input_layer[0].weight.numpy())
+
+
+def test_xiaoccer_layout_covers_every_layer():
+    model = build_backbone("MobileFaceNet", (112, 96), 128)
+    ours = module_arrays(model)
+    # Their state dict, synthesised from the documented layout with recognisable values.
+    theirs = {}
+    for conv, bn, prelu, path in XIAOCCER_LAYERS:
+        theirs[f"{conv}.weight"] = ours[f"{path}.conv2d.weight"] + 1
+        for p, q in (("weight", "weight"), ("bias", "bias"), ("running_mean", "running_mean"),
+                     ("running_var", "running_var")):
+            theirs[f"{bn}.{p}"] = ours[f"{path}.batchnorm.{q}"] + 2
+        if prelu:
+            theirs[f"{prelu}.weight"] = ours[f"{path}.relu.weight"] + 3
+    theirs["linear1.conv.weight"] = ours["pre_fc1.weight"].reshape(128, 512, 1, 1)
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        theirs[f"linear1.bn.{p}"] = ours[f"fc1.{p}"]
+    arrays = from_xiaoccer_pytorch(theirs, model)
+    assert set(arrays) == set(ours)
+    load_weights(model, arrays, "xiaoccer")
+    eps = batchnorm_eps(model)
+    np.testing.assert_allclose(arrays["conv_1.batchnorm.running_var"] + eps["conv_1.batchnorm"],
+                               theirs["conv1.bn.running_var"] + 1e-5, rtol=1e-6)
+    np.testing.assert_array_equal(arrays["pre_fc1.bias"], 0)
+
+
+def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
+    import subprocess
+    from conftest import REPO_ROOT
+    from util.checkpoint import load_backbone
+    model = build_backbone("IR_18", embedding_size=64)
+    arrays = module_arrays(model)
+    storages = {str(i): value.ravel() for i, value in enumerate(arrays.values())}
+    state = {f"module.{name}": FakeTensor(str(i), 0, value.shape, tuple(int(s) // 4 for s in value.strides))
+             for i, (name, value) in enumerate(arrays.items())}
+    write_torch_file(tmp_path / "Backbone_IR_18.pth", state, storages, legacy=False)
+    out = tmp_path / "ir18.npz"
+    subprocess.run([sys.executable, "tools/import_weights.py", "pytorch", "--net", "IR_18",
+                    "--backbone", str(tmp_path / "Backbone_IR_18.pth"), "--out", str(out)],
+                   cwd=REPO_ROOT, check=True, capture_output=True)
+    backbone, cfg = load_backbone(str(out))
+    assert cfg["embedding_size"] == 64 and cfg["input_norm"] == [127.5, 0.078125]
+    np.testing.assert_array_equal(backbone.body[3].res_layer[1].weight.numpy(), arrays["body.3.res_layer.1.weight"])

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Turn public pretrained face models into this project's checkpoint format (.npz).
+
+    # InsightFace MobileFaceNet (MXNet parameters as numpy + its symbol graph), 112x112, 128-d
+    python3 tools/import_weights.py insightface --params model-y1-test2_params.npz \\
+        --symbol model-symbol.json --out models/insightface_mobilefacenet.npz
+    # Xiaoccer's PyTorch MobileFaceNet (068.ckpt), 112x96, 128-d
+    python3 tools/import_weights.py xiaoccer --checkpoint 068.ckpt --out models/xiaoccer_mobilefacenet.npz
+    # official SFace / face.evoLVe PyTorch state dicts (same layer names as this project)
+    python3 tools/import_weights.py pytorch --net IR_50 --backbone Backbone_IR_50.pth \\
+        [--head Head_SFaceLoss.pth] --out models/ir50_sface.npz
+
+The result loads like any checkpoint: `eval_SFace_jittor.py --checkpoint <out>`,
+`train_SFace_jittor.py --resume_backbone <out>`, or `util.checkpoint.load_backbone(<out>)`.
+PyTorch files are read without PyTorch; MXNet parameters must be given as a .npz of
+`arg:<name>` / `aux:<name>` arrays.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import util.runtime  # noqa: E402,F401
+
+import numpy as np  # noqa: E402
+
+from backbone import build_backbone_from_config  # noqa: E402
+from backbone.common import DEFAULT_INPUT_MEAN  # noqa: E402
+from util.checkpoint import load_weights, save_checkpoint  # noqa: E402
+from util.config import parse_size  # noqa: E402
+from util.torch_pickle import load_torch_file  # noqa: E402
+from util.weight_import import (SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet, from_reference_pytorch,  # noqa: E402
+                                from_xiaoccer_pytorch)
+
+
+def backbone_config(net, input_hw, embedding_size, input_norm, source):
+    return {"net": net, "input_hw": list(input_hw), "input_size": f"{input_hw[0]}x{input_hw[1]}",
+            "embedding_size": int(embedding_size), "input_norm": [float(v) for v in input_norm],
+            "imported_from": os.path.abspath(source)}
+
+
+def import_insightface(args):
+    params = dict(np.load(args.params))
+    embedding = params["aux:fc1_moving_mean"].shape[0]
+    cfg = backbone_config("MobileFaceNet", (112, 112), embedding, (0, 0), args.params)
+    model = build_backbone_from_config(cfg)
+    with open(args.symbol) as f:
+        arrays, input_norm = from_insightface_mxnet(params, f.read(), model)
+    cfg["input_norm"] = list(input_norm)
+    return cfg, arrays, {}
+
+
+def import_xiaoccer(args):
+    checkpoint = load_torch_file(args.checkpoint)
+    state = checkpoint.get("net_state_dict", checkpoint)
+    embedding = state["linear1.bn.weight"].shape[0]
+    cfg = backbone_config("MobileFaceNet", (112, 96), embedding, (DEFAULT_INPUT_MEAN, 1 / 128), args.checkpoint)
+    return cfg, from_xiaoccer_pytorch(state, build_backbone_from_config(cfg)), {}
+
+
+def import_pytorch(args):
+    backbone = from_reference_pytorch(load_torch_file(args.backbone))
+    last_bn = next(k for k in reversed(list(backbone)) if k.endswith("running_mean"))
+    cfg = backbone_config(args.net, parse_size(args.input_size), backbone[last_bn].shape[0],
+                          (DEFAULT_INPUT_MEAN, args.input_scale), args.backbone)
+    head = from_reference_pytorch(load_torch_file(args.head)) if args.head else {}
+    if head:
+        cfg.update(head="SFaceLoss", num_classes=int(head["weight"].shape[0]))
+    return cfg, backbone, head
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="source", required=True)
+    s = sub.add_parser("insightface", help="InsightFace MXNet MobileFaceNet")
+    s.add_argument("--params", required=True, help=".npz of the MXNet parameters (arg:/aux: keys)")
+    s.add_argument("--symbol", required=True, help="the model's -symbol.json graph")
+    s = sub.add_parser("xiaoccer", help="Xiaoccer/MobileFaceNet_Pytorch checkpoint (112x96)")
+    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("pytorch", help="official SFace / face.evoLVe PyTorch state dict")
+    s.add_argument("--net", required=True, help="project backbone name, e.g. IR_50, IR_101, MobileFaceNet")
+    s.add_argument("--backbone", required=True, help="backbone state dict (.pth)")
+    s.add_argument("--head", help="SFace head state dict (.pth), optional")
+    s.add_argument("--input_size", default="112x112")
+    s.add_argument("--input_scale", type=float, default=SFACE_TORCH_INPUT_SCALE,
+                   help="pixel scale after subtracting 127.5: 0.078125 for the official SFace code, "
+                        "1/127.5 for face.evoLVe, 1/128 for InsightFace")
+    for s in sub.choices.values():
+        s.add_argument("--out", required=True, help="the .npz checkpoint to write")
+    args = p.parse_args(argv)
+
+    try:
+        cfg, backbone_arrays, head_arrays = {"insightface": import_insightface, "xiaoccer": import_xiaoccer,
+                                             "pytorch": import_pytorch}[args.source](args)
+        model = build_backbone_from_config(cfg)
+        load_weights(model, backbone_arrays, f"{args.source} weights")  # every name and shape must fit
+    except (KeyError, ValueError) as e:
+        sys.exit(f"error: cannot import {args.source} weights: {e}")
+    save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays, [])
+    print(f"{args.out}: {cfg['net']} {cfg['input_size']}, {cfg['embedding_size']}-d, input (x - {cfg['input_norm'][0]})"
+          f" * {cfg['input_norm'][1]:g}{', with head' if head_arrays else ''}; config {json.dumps(cfg)}")
+
+
+if __name__ == "__main__":
+    main()
