@@ -22,7 +22,8 @@ from data.loader import BatchLoader
 from data.verification_sets import load_target
 from head import build_head
 from util import distributed
-from util.checkpoint import CheckpointError, load_checkpoint, load_weights, module_arrays, save_checkpoint
+from util.checkpoint import (OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_checkpoint, load_weights, module_arrays,
+                              read_weights, save_checkpoint)
 from util.config import lr_at, parse_config
 from util.evaluation import EvalTarget, evaluate_target
 from util.logger import MetricsLog, setup_logging
@@ -35,20 +36,12 @@ RESUME_OVERRIDABLE = ("workers_id", "gpu_ids", "num_workers", "max_steps", "epoc
 WINDOW_KEYS = ("loss", "intra", "inter", "cos_target", "cos_other", "correct", "samples", "steps")
 
 
-def select_device(cfg):
-    """--workers_id: 'cpu', GPU ids, or 'auto' (CUDA when Jittor has it)."""
-    want_gpu = bool(jt.has_cuda) if cfg["gpu_ids"] is None else bool(cfg["gpu_ids"])
-    if want_gpu and not jt.has_cuda:
-        raise SystemExit(f"--workers_id {cfg['workers_id']} asks for a GPU, but Jittor found no usable CUDA "
-                         "here; pass --workers_id cpu")
-    jt.flags.use_cuda = int(want_gpu)
-    return "cuda" if want_gpu else "cpu"
-
-
 def resume_config(cfg):
     """The checkpoint's config, with the options a resumed run may change taken from this command line."""
     path = os.path.join(cfg["resume"], LAST) if os.path.isdir(cfg["resume"]) else cfg["resume"]
     checkpoint = load_checkpoint(path)
+    if "progress" not in checkpoint["meta"]:
+        raise CheckpointError(f"{path}: holds weights only (no training state); start from it with --resume_backbone")
     resumed = dict(checkpoint["meta"]["config"])
     for key in RESUME_OVERRIDABLE:
         if key in cfg["given"] or key in ("resume", "gpu_ids"):
@@ -73,18 +66,6 @@ def load_eval_targets(cfg, log):
         log.info("verification target %s: %d pairs, %d distinct images", pair_set.name,
                  len(pair_set.issame), len(pair_set.encoded))
     return targets
-
-
-def load_start_weights(module, path, part):
-    """--resume_backbone / --resume_head: a checkpoint of ours or an official SFace-Jittor pickle."""
-    if path.endswith(".npz"):
-        arrays = load_checkpoint(path)[part]
-    else:
-        try:
-            arrays = {k: np.asarray(v) for k, v in jt.load(path).items()}
-        except Exception as e:  # jt.load raises whatever unpickling raised
-            raise CheckpointError(f"{path}: neither a .npz checkpoint nor a Jittor .pkl state dict ({e})") from None
-    load_weights(module, arrays, path)
 
 
 def train_step(backbone, head, optimizer, images, labels, seed, step):
@@ -139,7 +120,7 @@ def main(argv=None):
     checkpoint = None
     if cfg["resume"]:
         cfg, checkpoint = resume_config(cfg)
-    device = select_device(cfg)
+    device = distributed.select_device(cfg["gpu_ids"], cfg["workers_id"])
     rank, world = distributed.rank(), distributed.world_size()
     log = setup_logging(cfg["outdir"], rank)
     metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
@@ -155,8 +136,15 @@ def main(argv=None):
     targets = load_eval_targets(cfg, log)
 
     # ---- model, loss, optimizer ----
-    jt.set_seed(cfg["seed"])
+    start_weights = {}
+    for part in ("backbone", "head"):
+        if cfg[f"resume_{part}"] and checkpoint is None:
+            arrays, source_cfg = read_weights(cfg[f"resume_{part}"], part)
+            start_weights[part] = arrays
+            if part == "backbone":  # keep the input normalisation the weights were trained with
+                cfg["input_norm"] = source_cfg["input_norm"] if source_cfg else OFFICIAL_JITTOR_INPUT_NORM
     cfg.setdefault("input_norm", [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE])
+    jt.set_seed(cfg["seed"])
     backbone = build_backbone_from_config(cfg)
     head = build_head(cfg["head"], cfg["embedding_size"], train_list.num_classes, s=cfg["param_s"],
                       k=cfg["param_k"], a=cfg["param_a"], b=cfg["param_b"])
@@ -175,10 +163,9 @@ def main(argv=None):
         log.info("resumed %s at epoch %d, batch %d (step %d)", cfg["resume"], progress["epoch"] + 1,
                  progress["batch"], progress["step"])
     else:
-        if cfg["resume_backbone"]:
-            load_start_weights(backbone, cfg["resume_backbone"], "backbone")
-        if cfg["resume_head"]:
-            load_start_weights(head, cfg["resume_head"], "head")
+        for part, module in (("backbone", backbone), ("head", head)):
+            if part in start_weights:
+                load_weights(module, start_weights[part], cfg[f"resume_{part}"])
         if distributed.is_main():
             os.makedirs(cfg["outdir"], exist_ok=True)
             open(metrics.path, "w").close()

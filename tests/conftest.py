@@ -49,3 +49,26 @@ def tiny_face_set(tmp_path):
         write_image_list(tmp_path, entries, f"{classes},112,112\n")
         return tmp_path, entries
     return make
+
+
+def small_pairs_folder(root, per_fold=1):
+    """`per_fold` same + different pairs per fold, cut from the embedded demo pairs."""
+    source = os.path.join(DEMO_ROOT, "lfw_demo")
+    with open(os.path.join(source, "pairs.txt")) as f:
+        lines = f.read().splitlines()[1:]
+    fold = len(lines) // 10
+    half = fold // 2
+    chosen = [line for k in range(10) for line in lines[k * fold: k * fold + per_fold]
+              + lines[k * fold + half: k * fold + half + per_fold]]
+    os.makedirs(root)
+    with open(os.path.join(root, "pairs.txt"), "w") as f:
+        f.write(f"10\t{per_fold}\n" + "\n".join(chosen) + "\n")
+    for line in chosen:
+        fields = line.split()
+        names = [(fields[0], fields[1]), (fields[0], fields[2])] if len(fields) == 3 else \
+            [(fields[0], fields[1]), (fields[2], fields[3])]
+        for name, number in names:
+            rel = os.path.join("images", name, f"{name}_{int(number):04d}.jpg")
+            os.makedirs(os.path.join(root, "images", name), exist_ok=True)
+            shutil.copyfile(os.path.join(source, rel), os.path.join(root, rel))
+    return root

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from util.checkpoint import CheckpointError, load_checkpoint, load_weights, module_arrays, save_checkpoint
+from util.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, read_weights,
+                              save_checkpoint)
 
 
 def test_round_trip_keeps_every_array_and_the_meta(tmp_path):
@@ -58,14 +59,15 @@ def test_weights_must_fit_exactly():
         load_weights(build_backbone("MobileFaceNet", embedding_size=64), arrays, "src")
 
 
-def test_start_weights_from_an_official_jittor_pickle(tmp_path):
-    import train_SFace_jittor
+def test_weights_from_an_official_jittor_pickle(tmp_path):
     model = build_backbone("MobileFaceNet", embedding_size=128)
     path = str(tmp_path / "Backbone_MobileFaceNet_Epoch_1.pkl")
     jt.save({k: v.numpy() for k, v in model.state_dict().items()}, path)  # how the reference saved
+    arrays, config = read_weights(path, "backbone")
+    assert config is None  # the caller applies the official input normalisation
     fresh = build_backbone("MobileFaceNet", embedding_size=128)
-    train_SFace_jittor.load_start_weights(fresh, path, "backbone")
+    load_weights(fresh, arrays, path)
     np.testing.assert_array_equal(fresh.conv_1.conv2d.weight.numpy(), model.conv_1.conv2d.weight.numpy())
     (tmp_path / "junk.pkl").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="junk.pkl: neither a .npz checkpoint nor a Jittor .pkl"):
-        train_SFace_jittor.load_start_weights(fresh, str(tmp_path / "junk.pkl"), "backbone")
+        read_weights(str(tmp_path / "junk.pkl"), "backbone")

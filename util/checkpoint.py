@@ -19,6 +19,9 @@ import zipfile
 import numpy as np
 
 FORMAT = "sface-jittor-checkpoint-v1"
+# The official SFace-Jittor code saved bare state dicts (Backbone_*.pkl, Head_*.pkl) and fed
+# its networks (x - 127.5) * 0.078125.
+OFFICIAL_JITTOR_INPUT_NORM = [127.5, 0.078125]
 
 
 class CheckpointError(ValueError):
@@ -88,3 +91,18 @@ def load_backbone(path):
     load_weights(backbone, checkpoint["backbone"], path)
     backbone.eval()
     return backbone, cfg
+
+
+def read_weights(path, part):
+    """`part` ('backbone' or 'head') weights from one of our checkpoints or an official SFace-Jittor .pkl.
+
+    -> (arrays, the run config of our checkpoint or None for a .pkl).
+    """
+    if path.endswith(".npz"):
+        checkpoint = load_checkpoint(path)
+        return checkpoint[part], checkpoint["meta"].get("config")
+    import jittor as jt
+    try:
+        return {k: np.asarray(v) for k, v in jt.load(path).items()}, None
+    except Exception as e:  # jt.load raises whatever unpickling raised
+        raise CheckpointError(f"{path}: neither a .npz checkpoint nor a Jittor .pkl state dict ({e})") from None

@@ -24,6 +24,16 @@ def is_main():
     return rank() == 0
 
 
+def select_device(gpu_ids, workers_id):
+    """--workers_id: [] = CPU, GPU ids, or None ('auto': CUDA when Jittor has it). -> 'cuda' or 'cpu'."""
+    want_gpu = bool(jt.has_cuda) if gpu_ids is None else bool(gpu_ids)
+    if want_gpu and not jt.has_cuda:
+        raise SystemExit(f"--workers_id {workers_id} asks for a GPU, but Jittor found no usable CUDA here; "
+                         "pass --workers_id cpu")
+    jt.flags.use_cuda = int(want_gpu)
+    return "cuda" if want_gpu else "cpu"
+
+
 def _comm():
     from mpi4py import MPI  # imported after jittor, which owns MPI_Init/Finalize
     return MPI.COMM_WORLD

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jittor as jt
 import numpy as np
+from tqdm import tqdm
 
 from data.loader import rank_share
 from util import distributed
@@ -31,10 +32,14 @@ class EvalTarget:
         return self.pair_set.name
 
 
-def embed_images(backbone, images, batch_size, flip=True):
-    """uint8 N x H x W x 3 -> (embeddings, embeddings of the mirrored images or None), float32."""
+def embed_images(backbone, images, batch_size, flip=True, desc=None):
+    """uint8 N x H x W x 3 -> (embeddings, embeddings of the mirrored images or None), float32.
+
+    With `desc`, rank 0 shows a progress bar (when its output is a terminal).
+    """
     outputs, flipped_outputs = [], []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=True if desc is None or distributed.rank() else None):
         batch = images[start:start + batch_size].transpose(0, 3, 1, 2).astype(np.float32)  # N x 3 x H x W
         outputs.append(backbone(jt.array(batch)).numpy())
         if flip:
@@ -56,7 +61,7 @@ def evaluate_target(backbone, target, batch_size, flip=True):
     """Protocol figures of one target (on every rank); the backbone is left in eval mode."""
     backbone.eval()
     with jt.no_grad():
-        local, local_flipped = embed_images(backbone, target.images, batch_size, flip)
+        local, local_flipped = embed_images(backbone, target.images, batch_size, flip, desc=f"embedding {target.name}")
     raw = gather_embeddings(local, target.share, target.num_images)
     raw_flipped = gather_embeddings(local_flipped, target.share, target.num_images) if flip else None
     report = verification_report(flip_fused(raw, raw_flipped), target.pair_set.pairs, target.pair_set.issame,

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Score a backbone on verification pair sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW, ...).
+
+    python3 eval_SFace_jittor.py --checkpoint results/run/best.npz --target lfw,cfp_fp,agedb_30 \\
+        --eval_root data/faces_webface_112x112
+    python3 eval_SFace_jittor.py --checkpoint Backbone_IR_50.pkl --net IR_50 --target ../lfw/lfw.bin
+
+Prints a table, writes `results.json` and one ROC curve PNG per target to --outdir.
+Under mpirun the embedding work is split over the ranks; rank 0 writes.
+"""
+import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
+
+import argparse
+import json
+import os
+import sys
+
+from backbone import build_backbone_from_config
+from data.image_list import DataError
+from data.verification_sets import load_target
+from util import distributed
+from util.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_weights, read_weights
+from util.config import parse_size, parse_workers
+from util.evaluation import EvalTarget, evaluate_target
+from util.roc_plot import save_roc_plot
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint of this project (training or "
+                   "tools/import_weights.py), or an official SFace-Jittor Backbone_*.pkl (then give --net)")
+    p.add_argument("--target", required=True, help="comma-separated names under --eval_root, .bin files or "
+                                                   "folders holding pairs.txt + images/")
+    p.add_argument("--eval_root", default=".", help="folder holding the named targets")
+    p.add_argument("--net", help="backbone of a .pkl checkpoint (a .npz names its own)")
+    p.add_argument("--input_size", default="112x112", help="input HxW of a .pkl checkpoint's backbone")
+    p.add_argument("--embedding_size", type=int, default=512, help="embedding size of a .pkl checkpoint's backbone")
+    p.add_argument("--batch_size", type=int, default=0, help="images per forward pass on each rank "
+                                                          "(default: 16 on CPU, where small batches run fastest; 256 on GPU)")
+    p.add_argument("--no_flip", action="store_true", help="embed the images only, not their mirror images too")
+    p.add_argument("--workers_id", default="auto", help="GPU ids for the ranks, 'cpu', or 'auto'")
+    p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
+    p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
+    args = p.parse_args(argv)
+    if args.batch_size < 0:
+        p.error(f"--batch_size must be positive, got {args.batch_size}")
+    if not args.checkpoint.endswith(".npz") and not args.net:
+        p.error("a .pkl checkpoint does not say which backbone it holds: give --net")
+    return args
+
+
+def load_model(args):
+    arrays, cfg = read_weights(args.checkpoint, "backbone")
+    if cfg is None:  # an official SFace-Jittor .pkl
+        cfg = {"net": args.net, "input_hw": list(parse_size(args.input_size)), "embedding_size": args.embedding_size,
+               "input_norm": OFFICIAL_JITTOR_INPUT_NORM}
+    backbone = build_backbone_from_config(cfg)
+    load_weights(backbone, arrays, args.checkpoint)
+    return backbone, cfg
+
+
+def print_table(reports):
+    header = f"{'target':<12}{'pairs':>7}{'accuracy':>18}{'threshold':>11}{'TAR@1e-3':>10}{'TAR@1e-4':>10}" \
+             f"{'AUC':>8}{'EER':>8}{'XNorm':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in reports:
+        print(f"{r['target']:<12}{r['pairs']:>7}{100 * r['accuracy']:>10.2f} ± {100 * r['accuracy_std']:<5.2f}"
+              f"{r['threshold']:>11.3f}{r['tar_at_far']['0.001']:>10.4f}{r['tar_at_far']['0.0001']:>10.4f}"
+              f"{r['auc']:>8.4f}{r['eer']:>8.4f}{r['xnorm']:>9.2f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = distributed.select_device(parse_workers(args.workers_id), args.workers_id)
+    batch_size = args.batch_size or (256 if device == "cuda" else 16)
+    backbone, cfg = load_model(args)
+    reports = []
+    for name in [t.strip() for t in args.target.split(",") if t.strip()]:
+        target = EvalTarget(load_target(name, args.eval_root), cfg["input_hw"], args.num_workers)
+        reports.append(evaluate_target(backbone, target, batch_size, flip=not args.no_flip))
+    if not distributed.is_main():
+        return reports
+    print(f"{cfg['net']} {cfg['input_hw'][0]}x{cfg['input_hw'][1]} from {args.checkpoint}, "
+          f"{'flip-summed' if not args.no_flip else 'no flip'}, 10-fold")
+    print_table(reports)
+    os.makedirs(args.outdir, exist_ok=True)
+    for r in reports:
+        save_roc_plot(os.path.join(args.outdir, f"roc_{r['target']}.png"), *r["roc"], title=r["target"])
+    with open(os.path.join(args.outdir, "results.json"), "w") as f:
+        json.dump({"checkpoint": args.checkpoint, "config": cfg, "flip": not args.no_flip,
+                   "results": [{k: v for k, v in r.items() if k != "roc"} for r in reports]}, f, indent=2)
+    print(f"results in {os.path.join(args.outdir, 'results.json')}")
+    return reports
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, CheckpointError) as e:  # bad input: the message names the file at fault
+        sys.exit(f"error: {e}")

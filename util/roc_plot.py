@@ -1,0 +1,21 @@
+"""ROC curve PNGs (matplotlib, headless)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_roc_plot(path, fpr, tpr, title):
+    """TAR against FAR on a log FAR axis, the way face-verification ROCs are read."""
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    keep = fpr > 0
+    ax.semilogx(fpr[keep], tpr[keep], linewidth=2)
+    ax.set_xlim(max(fpr[keep].min(), 1e-4) if keep.any() else 1e-4, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"ROC: {title}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
