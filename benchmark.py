@@ -13,6 +13,7 @@ import util.runtime  # noqa: F401  (must precede jittor)
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import jittor as jt
@@ -20,6 +21,7 @@ import numpy as np
 
 from backbone import build_backbone
 from backbone.common import count_parameters
+from data.convert import rec_to_images
 from data.image_list import ImageListDataset, read_image_list
 from data.loader import BatchLoader
 from head import build_head
@@ -81,6 +83,13 @@ def loader_images_per_second(args):
     return count / (time.perf_counter() - start)
 
 
+def rec_conversion_images_per_second(args):
+    """train.rec -> JPEG files into a temporary folder, all records once."""
+    with tempfile.TemporaryDirectory() as out:
+        report = rec_to_images(args.rec, out, args.rec_workers)
+    return report.images / report.seconds
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", default="IR_50")
@@ -93,6 +102,9 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--data_root", default="", help="also time the image-list loader on this folder")
     p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--rec", default="",
+                   help="also time converting this train.rec/.idx folder to JPEG files (all of it, into a temp folder)")
+    p.add_argument("--rec_workers", type=int, default=4, help="conversion processes")
     args = p.parse_args()
     args.input_hw = parse_size(args.input_size)
     jt.flags.use_cuda = int(jt.has_cuda and args.workers_id != "cpu")
@@ -112,6 +124,10 @@ def main():
     if args.data_root:
         label = f"image-list loader, {args.num_workers} threads"
         print(f"  {label:<44} {loader_images_per_second(args):9.1f} img/s")
+    if args.rec:
+        label = f".rec -> JPEG conversion, {args.rec_workers} processes"
+        print(f"  {label:<44} {rec_conversion_images_per_second(args):9.1f} img/s")
+
 
 if __name__ == "__main__":
     main()

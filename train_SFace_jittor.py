@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from backbone import build_backbone_from_config
 from backbone.common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
-from data.image_list import DataError, ImageListDataset, read_image_list
+from data.image_list import DataError
 from data.loader import BatchLoader
+from data.training_sets import open_training_set
 from data.verification_sets import load_target
 from head import build_head
 from util import distributed
@@ -126,12 +127,11 @@ def main(argv=None):
     metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
 
     # ---- data ----
-    train_list = read_image_list(cfg["data_root"])
-    dataset = ImageListDataset(train_list, cfg["input_hw"])
+    dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
     loader = BatchLoader(dataset, cfg["batch_size"], cfg["seed"], rank=rank, world_size=world,
                          num_workers=cfg["num_workers"], strict=cfg["strict_data"])
     log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
-             train_list.list_file, len(dataset), train_list.num_classes, len(np.unique(train_list.labels)),
+             dataset.source, len(dataset), dataset.num_classes, len(np.unique(dataset.labels[dataset.labels >= 0])),
              len(loader), cfg["batch_size"])
     targets = load_eval_targets(cfg, log)
 
@@ -146,7 +146,7 @@ def main(argv=None):
     cfg.setdefault("input_norm", [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE])
     jt.set_seed(cfg["seed"])
     backbone = build_backbone_from_config(cfg)
-    head = build_head(cfg["head"], cfg["embedding_size"], train_list.num_classes, s=cfg["param_s"],
+    head = build_head(cfg["head"], cfg["embedding_size"], dataset.num_classes, s=cfg["param_s"],
                       k=cfg["param_k"], a=cfg["param_a"], b=cfg["param_b"])
     optimizer = build_sgd([backbone, head], cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     progress = {"epoch": 0, "batch": 0, "step": 0}

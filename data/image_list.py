@@ -2,7 +2,8 @@
 
 Everything a list can get wrong is found when it is read (before training starts) and
 reported as `file:line: problem`. Images themselves are decoded lazily; one that is
-missing or cannot be decoded is reported by `ImageListDataset.load` instead.
+missing or cannot be decoded is reported by `ImageListDataset.load` instead. The data tools
+write lists and property files through `write_list` / `write_property`, atomically.
 """
 import os
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 
 LIST_NAME = "imgs.txt"
 PROPERTY_NAME = "property"
+PART_SUFFIX = ".part"  # a file being written; renamed to its final name once whole
 
 
 class DataError(ValueError):
@@ -90,6 +92,23 @@ def read_image_list(root, list_name=LIST_NAME):
     return ImageList(root, list_file, paths, labels, line_numbers, num_classes, image_size)
 
 
+def write_atomically(path, data):
+    """Write bytes under a temporary name, then rename: `path` never holds a partial file."""
+    part = path + PART_SUFFIX
+    with open(part, "wb") as f:
+        f.write(data)
+    os.replace(part, path)
+
+
+def write_list(path, entries):
+    """[(relative path, label)] -> an imgs.txt-format list."""
+    write_atomically(path, "".join(f"{p} {label}\n" for p, label in entries).encode("utf-8"))
+
+
+def write_property(path, num_classes, image_size):
+    write_atomically(path, f"{num_classes},{image_size[0]},{image_size[1]}\n".encode())
+
+
 def decode_image(data):
     """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image.
 
@@ -108,6 +127,33 @@ def fit_width(image, width):
     return image[:, margin:margin + width] if margin > 0 else image
 
 
+def fit_input_size(image, input_size):
+    """Decoded image -> (its crop to the network's H x W, None), or (None, reason) when its size does not fit."""
+    height, width = input_size
+    image = fit_width(image, width)
+    if image.shape[:2] != (height, width):
+        return None, f"size {image.shape[0]}x{image.shape[1]}, expected {height}x{width}"
+    return image, None
+
+
+def prepare_image(data, input_size):
+    """Encoded bytes -> (H x W x 3 uint8 RGB of the network's input size, None) or (None, reason)."""
+    image = decode_image(data)
+    if image is None:
+        return None, "not a decodable image"
+    return fit_input_size(image, input_size)
+
+
+def network_input(data, input_size, flip):
+    """Encoded bytes -> (3 x H x W float32 RGB array, None) or (None, reason): what training consumes."""
+    image, problem = prepare_image(data, input_size)
+    if problem is not None:
+        return None, problem
+    if flip:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), None
+
+
 class ImageListDataset:
     """Decodes one sample of an `ImageList` to a 3 x H x W float32 RGB array (0..255).
 
@@ -117,8 +163,10 @@ class ImageListDataset:
 
     def __init__(self, image_list, input_size=(112, 112)):
         self.image_list = image_list
+        self.source = image_list.list_file
         self.input_size = tuple(input_size)
         self.num_classes = image_list.num_classes
+        self.labels = image_list.labels
 
     def __len__(self):
         return len(self.image_list.paths)
@@ -139,13 +187,5 @@ class ImageListDataset:
             data = self.read_bytes(index)
         except OSError as e:
             return None, label, f"cannot read: {e.strerror}"
-        image = decode_image(data)
-        if image is None:
-            return None, label, "not a decodable image"
-        height, width = self.input_size
-        image = fit_width(image, width)
-        if image.shape[:2] != (height, width):
-            return None, label, f"size {image.shape[0]}x{image.shape[1]}, expected {height}x{width}"
-        if flip:
-            image = image[:, ::-1]
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), label, None
+        image, problem = network_input(data, self.input_size, flip)
+        return image, label, problem

@@ -38,7 +38,7 @@ class BatchLoader:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the {world_size} processes sharing it")
         if len(dataset) < batch_size:
-            raise DataError(f"{dataset.image_list.list_file}: {len(dataset)} images, fewer than one batch of {batch_size}")
+            raise DataError(f"{dataset.source}: {len(dataset)} images, fewer than one batch of {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed

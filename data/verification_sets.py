@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_list import DataError, decode_image, fit_width
+from .image_list import DataError, prepare_image
 
 PAIRS_NAME = "pairs.txt"
 IMAGES_DIR = "images"
@@ -25,14 +25,9 @@ class PairSet:
 
     def decode(self, index, input_size):
         """Image `index` as H x W x 3 uint8 RGB of the network's input size."""
-        image = decode_image(self.encoded[index])
-        if image is None:
-            raise DataError(f"{self.sources[index]}: not a decodable image")
-        height, width = input_size
-        image = fit_width(image, width)
-        if image.shape[:2] != (height, width):
-            raise DataError(f"{self.sources[index]}: size {image.shape[0]}x{image.shape[1]}, "
-                            f"expected {height}x{width}")
+        image, problem = prepare_image(self.encoded[index], input_size)
+        if problem is not None:
+            raise DataError(f"{self.sources[index]}: {problem}")
         return image
 
 

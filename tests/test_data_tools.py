@@ -1,0 +1,192 @@
+"""Data tools: folder per identity -> imgs.txt, the list checker, .bin <-> pairs folder, the command line."""
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder, write_image_list
+from data.check import check_list, size_histogram, write_clean_list
+from data.convert import bin_to_pairs_folder, folder_to_list, pairs_folder_to_bin, pairs_header
+from data.image_list import DataError, read_image_list
+from data.verification_sets import load_pairs_folder, parse_pairs_txt
+
+TOOLS = os.path.join(REPO_ROOT, "tools", "data_tools.py")
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, TOOLS, *map(str, args)], capture_output=True, text=True)
+
+
+def demo_faces(identities=3, per_identity=3):
+    """{identity name: [demo image paths]} of real LFW faces."""
+    people = sorted(os.listdir(os.path.join(DEMO_ROOT, "images")))[:identities]
+    return {name: sorted(os.listdir(os.path.join(DEMO_ROOT, "images", name)))[:per_identity] for name in people}
+
+
+def identity_folders(root, faces):
+    """root/<identity>/<image> copies of the demo faces, plus things that are not training images."""
+    for name, files in faces.items():
+        os.makedirs(root / name)
+        for file in files:
+            shutil.copyfile(os.path.join(DEMO_ROOT, "images", name, file), root / name / file)
+    os.makedirs(root / "Empty_Person")
+    os.makedirs(root / ".cache")
+    (root / ".cache" / "x.jpg").write_bytes(b"not a face")
+    (root / "notes.txt").write_text("not an identity")
+    first = next(iter(faces))
+    (root / first / "readme.txt").write_text("not an image")
+    (root / first / "EXTRA.JPG").write_bytes((root / first / faces[first][0]).read_bytes())  # case of the extension
+
+
+# ---- folder per identity -> imgs.txt ----
+
+def test_folder_per_identity_becomes_a_labelled_list(tmp_path):
+    faces = demo_faces()
+    identity_folders(tmp_path, faces)
+    entries, names, empty = folder_to_list(str(tmp_path))
+    assert names == sorted(faces) and empty == ["Empty_Person"]
+    first = names[0]
+    assert entries[:4] == [(f"{first}/{f}", 0) for f in sorted(faces[first] + ["EXTRA.JPG"])]
+    assert (tmp_path / "label_map.txt").read_text().splitlines() == [f"{i} {n}" for i, n in enumerate(names)]
+    assert (tmp_path / "property").read_text() == "3,112,112\n"
+    image_list = read_image_list(str(tmp_path))
+    assert list(zip(image_list.paths, image_list.labels.tolist())) == entries and image_list.num_classes == 3
+
+
+def test_a_folder_without_identities_is_refused(tmp_path):
+    (tmp_path / "loose.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="no identity folder holds images"):
+        folder_to_list(str(tmp_path))
+
+
+def test_folder_to_list_to_training_end_to_end(tmp_path):
+    import train_SFace_jittor
+    identity_folders(tmp_path / "faces", demo_faces(identities=3, per_identity=4))
+    assert run_tool("folder-to-list", "--root", tmp_path / "faces").returncode == 0
+    assert run_tool("check-list", "--root", tmp_path / "faces").returncode == 0
+    outdir = tmp_path / "run"
+    train_SFace_jittor.main(["--data_root", str(tmp_path / "faces"), "--outdir", str(outdir), "--net",
+                             "MobileFaceNet", "--batch_size", "4", "--workers_id", "cpu", "--num_workers", "2",
+                             "--target", "none", "--max_steps", "2", "--log_freq", "1"])
+    log = (outdir / "train.log").read_text()
+    assert "imgs.txt: 13 images, 3 classes (3 with images), 3 batches of 4 per epoch" in log
+    assert "done at step 2" in log
+
+
+# ---- the list checker ----
+
+def jpeg(height=112, width=112, value=100):
+    return cv2.imencode(".jpg", np.full((height, width, 3), value, np.uint8))[1].tobytes()
+
+
+def flawed_list(root):
+    """A list with one problem of each kind, on lines 2, 4, 5, 6, 8 and 9."""
+    for name, data in (("a.jpg", jpeg()), ("b.jpg", jpeg(value=50)), ("c.jpg", jpeg(value=20)),
+                       ("garbage.jpg", b"not an image"), ("cut.jpg", jpeg()[:200]), ("small.jpg", jpeg(100, 100))):
+        (root / name).write_bytes(data)
+    os.makedirs(root / "folder.jpg")
+    write_image_list(root, [("a.jpg", 0), ("missing.jpg", 0), ("b.jpg", 1), ("garbage.jpg", 1), ("cut.jpg", 1),
+                            ("small.jpg", 2), ("c.jpg", 3), ("./a.jpg", 0), ("b.jpg", 2), ("folder.jpg", 3)],
+                     "5,112,112\n")
+
+
+def test_checker_reports_every_problem_with_its_line(tmp_path):
+    flawed_list(tmp_path)
+    check = check_list(str(tmp_path), threads=2)
+    found = [(check.dataset.image_list.line_numbers[i], kind, reason) for i, kind, reason in check.problems]
+    assert found == [(2, "missing", "cannot read: No such file or directory"),
+                     (4, "undecodable", "not a decodable image"),
+                     (5, "undecodable", "not a decodable image"),
+                     (6, "wrong size", "size 100x100, expected 112x112"),
+                     (8, "duplicate", "same file as line 1"),
+                     (9, "duplicate", "same file as line 3 (there with label 1)"),
+                     (10, "unreadable", "cannot read: Is a directory")]
+    assert check.counts() == {"missing": 1, "unreadable": 1, "undecodable": 2, "wrong size": 1, "duplicate": 2}
+    sizes = check.class_sizes()
+    assert sizes.tolist() == [1, 1, 0, 1, 0]
+    assert size_histogram(sizes) == [(1, 1, 3)]
+    write_clean_list(check, str(tmp_path / "clean.txt"))
+    assert (tmp_path / "clean.txt").read_text() == "a.jpg 0\nb.jpg 1\nc.jpg 3\n"
+    os.replace(tmp_path / "clean.txt", tmp_path / "imgs.txt")
+    assert check_list(str(tmp_path)).problems == []
+
+
+def test_checker_uses_the_input_size_without_property(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    write_image_list(tmp_path, [("a.jpg", 0)])
+    assert check_list(str(tmp_path), (112, 96)).problems == []  # cut to 112x96 as training does
+    assert check_list(str(tmp_path), (96, 96)).problems[0][2] == "size 112x96, expected 96x96"
+
+
+def test_class_size_histogram_bins():
+    sizes = np.array([0, 1, 1, 2, 3, 4, 9, 0])
+    assert size_histogram(sizes) == [(1, 1, 2), (2, 3, 2), (4, 7, 1), (8, 15, 1)]
+
+
+def test_check_list_command(tmp_path):
+    flawed_list(tmp_path)
+    result = run_tool("check-list", "--root", tmp_path, "--write_clean", tmp_path / "clean.txt")
+    assert result.returncode == 1
+    assert f"{tmp_path / 'imgs.txt'}:6 (small.jpg): size 100x100, expected 112x112" in result.stdout
+    assert ("10 lines, 3 usable images of 112x112; 1 missing, 1 unreadable, 2 undecodable, 1 wrong size, "
+            "2 duplicate") in result.stdout
+    assert "min 1, median 1, max 1; 3 classes with one image, 2 of 5 with none" in result.stdout
+    assert (tmp_path / "clean.txt").read_text().count("\n") == 3
+    (tmp_path / "imgs.txt").write_text("a.jpg 0\nb.jpg x\n")
+    result = run_tool("check-list", "--root", tmp_path)
+    assert result.returncode == 1 and "error: " in result.stderr and "imgs.txt:2: label 'x'" in result.stderr
+
+
+# ---- .bin <-> pairs folder ----
+
+def test_pairs_folder_to_bin_keeps_each_slot_bytes(tmp_path):
+    folder = small_pairs_folder(str(tmp_path / "pairs"))
+    pairs_folder_to_bin(folder, str(tmp_path / "x.bin"))
+    with open(tmp_path / "x.bin", "rb") as f:
+        bins, issame = pickle.load(f)
+    entries = parse_pairs_txt(os.path.join(folder, "pairs.txt"))
+    assert issame == [e[5] for e in entries] and len(bins) == 2 * len(entries) == 40
+    for k, (_, name1, n1, name2, n2, _) in enumerate(entries):
+        for slot, (name, n) in enumerate(((name1, n1), (name2, n2))):
+            path = os.path.join(folder, "images", name, f"{name}_{n:04d}.jpg")
+            assert bins[2 * k + slot] == open(path, "rb").read()
+
+
+def test_bin_to_pairs_folder_and_back_is_exact(tmp_path):
+    folder = small_pairs_folder(str(tmp_path / "pairs"))
+    pairs_folder_to_bin(folder, str(tmp_path / "a.bin"))
+    bin_to_pairs_folder(str(tmp_path / "a.bin"), str(tmp_path / "unpacked"))
+    assert (tmp_path / "unpacked" / "pairs.txt").read_text().splitlines()[:3] == \
+        ["10\t1", "pair00000\t1\t2", "pair00001a\t1\tpair00001b\t1"]
+    pairs_folder_to_bin(str(tmp_path / "unpacked"), str(tmp_path / "b.bin"))
+    with open(tmp_path / "a.bin", "rb") as a, open(tmp_path / "b.bin", "rb") as b:
+        assert pickle.load(b) == pickle.load(a)  # every slot's bytes and every label
+
+
+def test_any_pair_count_unpacks_to_a_readable_folder(tmp_path):
+    images = [jpeg(value=v) for v in range(10, 80, 10)]
+    with open(tmp_path / "odd.bin", "wb") as f:
+        pickle.dump((images[:6], [True, True, False]), f, protocol=2)
+    bin_to_pairs_folder(str(tmp_path / "odd.bin"), str(tmp_path / "odd"))
+    assert (tmp_path / "odd" / "pairs.txt").read_text().splitlines()[0] == "pair00000\t1\t2"  # no header fits
+    pair_set = load_pairs_folder(str(tmp_path / "odd"))
+    assert pair_set.issame.tolist() == [True, True, False]
+    assert [pair_set.encoded[i] for i in pair_set.pairs.ravel()] == images[:6]
+    assert pairs_header(np.array([True, False])) == "1\t1"
+    assert pairs_header(np.array([True, True, False, False])) == "1\t2"
+    assert pairs_header(np.array([True, False, True, True])) is None
+
+
+def test_bin_commands(tmp_path):
+    folder = small_pairs_folder(str(tmp_path / "pairs"))
+    result = run_tool("pairs-to-bin", "--pairs_folder", folder, "--out", tmp_path / "x.bin")
+    assert result.returncode == 0 and "x.bin: 20 pairs (10 same), 40 images" in result.stdout
+    result = run_tool("bin-to-pairs", "--bin", tmp_path / "x.bin", "--out", tmp_path / "back")
+    assert result.returncode == 0 and len(load_pairs_folder(str(tmp_path / "back")).issame) == 20
+    result = run_tool("bin-to-pairs", "--bin", tmp_path / "nothing.bin", "--out", tmp_path / "back")
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "nothing.bin" in result.stderr
