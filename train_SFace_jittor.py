@@ -27,14 +27,13 @@ from util.checkpoint import (OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_c
                               read_weights, save_checkpoint)
 from util.config import lr_at, parse_config
 from util.evaluation import EvalTarget, evaluate_target
-from util.logger import MetricsLog, setup_logging
-from util.optim import build_sgd, load_momentum_buffers, momentum_buffers
+from util.logger import MetricsLog, TrainWindow, describe_record, setup_logging
+from util.optim import build_sgd, load_optimizer_state, optimizer_state
 
 LAST, BEST = "last.npz", "best.npz"
 # What a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDABLE = ("workers_id", "gpu_ids", "num_workers", "max_steps", "epochs", "eval_freq", "save_freq",
                       "log_freq", "target", "targets", "eval_root", "strict_data", "outdir", "resume")
-WINDOW_KEYS = ("loss", "intra", "inter", "cos_target", "cos_other", "correct", "samples", "steps")
 
 
 def resume_config(cfg):
@@ -70,22 +69,16 @@ def load_eval_targets(cfg, log):
 
 
 def train_step(backbone, head, optimizer, images, labels, seed, step):
+    """One SGD step; -> the step's figures (loss and its parts, mean cosines, counts)."""
     jt.set_seed(seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only: resumable
     labels_var = jt.array(labels)
-    out = head(backbone(jt.array(images)), labels_var)
+    out = head(backbone(jt.array(images)), labels_var, step)
     optimizer.step(out.loss)
-    correct = (jt.argmax(out.logits, 1)[0] == labels_var).sum()
-    values = [v.item() for v in (out.loss, out.intra, out.inter, out.cos_target, out.cos_other, correct)]
-    return dict(zip(WINDOW_KEYS, values + [len(labels), 1]))
-
-
-def window_record(window, progress, lr, seconds):
-    steps, samples = window["steps"], window["samples"]
-    record = {"kind": "train", "step": progress["step"], "epoch": progress["epoch"] + 1, "lr": lr}
-    record.update({k: window[k] / steps for k in ("loss", "intra", "inter", "cos_target", "cos_other")})
-    record["train_acc"] = window["correct"] / samples
-    record["img_per_s"] = samples / max(seconds, 1e-9)
-    return record
+    figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts,
+               "correct": (jt.argmax(out.logits, 1)[0] == labels_var).sum()}
+    stats = {k: v.item() for k, v in figures.items()}
+    stats.update(samples=len(labels), steps=1)
+    return stats
 
 
 def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
@@ -112,8 +105,9 @@ def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
 
 def save_state(path, cfg, progress, best, window, backbone, head, optimizer):
     if distributed.is_main():
-        meta = {"config": cfg, "progress": progress, "best": best, "window": window}
-        save_checkpoint(path, meta, module_arrays(backbone), module_arrays(head), momentum_buffers(optimizer))
+        buffers, steps = optimizer_state(optimizer)
+        meta = {"config": cfg, "progress": progress, "best": best, "window": window.sums, "optimizer_steps": steps}
+        save_checkpoint(path, meta, module_arrays(backbone), module_arrays(head), buffers)
 
 
 def main(argv=None):
@@ -146,18 +140,17 @@ def main(argv=None):
     cfg.setdefault("input_norm", [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE])
     jt.set_seed(cfg["seed"])
     backbone = build_backbone_from_config(cfg)
-    head = build_head(cfg["head"], cfg["embedding_size"], dataset.num_classes, s=cfg["param_s"],
-                      k=cfg["param_k"], a=cfg["param_a"], b=cfg["param_b"])
+    head = build_head(cfg["head"], cfg["embedding_size"], dataset.num_classes, **cfg["head_params"])
     optimizer = build_sgd([backbone, head], cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     progress = {"epoch": 0, "batch": 0, "step": 0}
     best = {"mean_accuracy": -1.0, "step": None, "per_target": {}, "baseline": {}, "latest": {}}
-    window = dict.fromkeys(WINDOW_KEYS, 0)
+    window = TrainWindow()
     if checkpoint is not None:
         load_weights(backbone, checkpoint["backbone"], cfg["resume"])
         load_weights(head, checkpoint["head"], cfg["resume"])
-        load_momentum_buffers(optimizer, checkpoint["optimizer"], cfg["resume"])
         meta = checkpoint["meta"]
-        progress, best, window = meta["progress"], meta["best"], meta["window"]
+        load_optimizer_state(optimizer, checkpoint["optimizer"], meta["optimizer_steps"], cfg["resume"])
+        progress, best, window = meta["progress"], meta["best"], TrainWindow(meta["window"])
         if distributed.is_main():
             metrics.truncate_after(progress["step"])
         log.info("resumed %s at epoch %d, batch %d (step %d)", cfg["resume"], progress["epoch"] + 1,
@@ -187,7 +180,7 @@ def main(argv=None):
     # ---- train ----
     if progress["step"] == 0:
         evaluate()  # the starting point, to compare against
-    window_start = time.time()
+    window.start = time.time()  # throughput measures training, not that evaluation
     stop = False
     while progress["epoch"] < cfg["epochs"] and not stop:
         epoch = progress["epoch"]
@@ -199,8 +192,7 @@ def main(argv=None):
             stats = train_step(backbone, head, optimizer, images, labels, cfg["seed"], progress["step"])
             progress["batch"] += 1
             progress["step"] += 1
-            for k, v in stats.items():
-                window[k] += v
+            window.add(stats)
             bar.update(1)
             now = time.time()
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['correct'] / stats['samples']:.3f}",
@@ -208,16 +200,12 @@ def main(argv=None):
             step_start = now
             step = progress["step"]
             if step % cfg["log_freq"] == 0:
-                record = window_record(window, progress, optimizer.lr, time.time() - window_start)
+                record = window.record(progress, optimizer.lr)
                 record["skipped_images"] = loader.skipped
                 if rank == 0:
                     metrics.write(record)
-                log.info("epoch %d batch %d/%d step %d  lr %.4g  loss %.4f (intra %.4f inter %.4f)  "
-                         "cos_y %.3f cos_j %.3f  acc %.3f  %.1f img/s", epoch + 1, progress["batch"], len(loader),
-                         step, optimizer.lr, record["loss"], record["intra"], record["inter"],
-                         record["cos_target"], record["cos_other"], record["train_acc"], record["img_per_s"])
-                window = dict.fromkeys(WINDOW_KEYS, 0)
-                window_start = time.time()
+                log.info("epoch %d batch %d/%d step %d  lr %.4g  %s", epoch + 1, progress["batch"], len(loader),
+                         step, optimizer.lr, describe_record(record))
             if cfg["eval_freq"] and step % cfg["eval_freq"] == 0:
                 evaluate()
             stop = bool(cfg["max_steps"]) and step >= cfg["max_steps"]

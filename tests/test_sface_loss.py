@@ -52,7 +52,8 @@ def check_against_numpy(x, w, labels, dtype=np.float64, rtol=1e-5):
     xj, wj = jt.array(x), jt.array(w)
     out = sface_loss(xj, wj, jt.array(labels), S, K, A, B)
     gx, gw = jt.grad(out.loss, [xj, wj])
-    values = {name: getattr(out, name).numpy() for name in out._fields}
+    values = {name: getattr(out, name).numpy() for name in ("logits", "loss", "cos_target", "cos_other")}
+    values.update({name: part.numpy() for name, part in out.parts.items()})
     for name, value in values.items():
         assert np.all(np.isfinite(value)), f"{name} is not finite"
     assert np.isfinite(gx.numpy()).all() and np.isfinite(gw.numpy()).all()

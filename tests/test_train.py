@@ -142,3 +142,23 @@ def test_embedded_demo_is_consistent_and_held_out():
     train_people = {p.split("/")[1] for p in demo.paths}
     pair_people = {os.path.basename(os.path.dirname(s)) for s in pairs.sources}
     assert not train_people & pair_people
+
+
+@pytest.mark.parametrize("head", ["Softmax", "CosFace", "AMSoftmax", "ArcFace", "SphereFace"])
+def test_every_head_trains_and_lowers_its_loss(tiny_face_set, tmp_path, head):
+    import train_SFace_jittor
+    data_root, _ = tiny_face_set(classes=4, per_class=4)
+    outdir = tmp_path / head
+    train_SFace_jittor.main(train_args(data_root, outdir, "--head", head, "--epochs", "4", "--stages", "4",
+                                       "--log_freq", "4", "--target", "none", "--lr", "0.02"))
+    losses = [r["loss"] for r in read_metrics(outdir, "train")]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+
+def test_head_options_are_checked():
+    assert parse_config(["--head", "ArcFace", "--param_m", "0.4"])["head_params"] == {"m": 0.4}
+    assert parse_config(["--head", "SFaceLoss", "--data_mode", "vgg"])["head_params"] == {"a": 0.88, "b": 1.25}
+    with pytest.raises(SystemExit):
+        parse_config(["--head", "CosFace", "--param_k", "3"])
+    with pytest.raises(SystemExit):
+        parse_config(["--head", "NoSuchHead"])

@@ -18,8 +18,6 @@ DEFAULTS = {
     "net": "IR_50",
     "head": "SFaceLoss",
     "target": FACE_TARGETS,
-    "param_s": 64.0,
-    "param_k": 80.0,
     "embedding_size": 512,
     "input_size": "112x112",
     "seed": 1337,
@@ -69,9 +67,9 @@ def build_parser():
     opt("lr", float, "initial learning rate")
     opt("batch_size", int, "global batch size, split across MPI ranks")
     opt("data_mode", str, "dataset preset: default data root and recommended (a, b)", choices=sorted(DATA_MODES))
-    opt("data_root", str, "folder holding imgs.txt (and property); default from --data_mode")
+    opt("data_root", str, "folder holding imgs.txt (and property) or train.rec + train.idx; default from --data_mode")
     opt("net", str, "backbone: IR_18, IR_34, IR_50, IR_100 (= IR_101), IR_152, IR_SE_50, IR_SE_100, MobileFaceNet")
-    opt("head", str, "loss head")
+    opt("head", str, "loss head: SFaceLoss, Softmax, CosFace, AMSoftmax, ArcFace, SphereFace")
     opt("target", str, "comma-separated verification targets (names under --eval_root, .bin files or "
                        "pairs folders); 'none' disables evaluation")
     opt("eval_root", str, "folder holding the verification targets (default: the data root)")
@@ -81,10 +79,11 @@ def build_parser():
                                 "official SFace-Jittor .pkl)")
     opt("resume_head", str, "start from these head weights (same formats)")
     opt("outdir", str, "output folder (default: results/<net>-<head>-<data_mode>, or the resumed checkpoint's)")
-    opt("param_s", float, "SFace scale s")
-    opt("param_k", float, "SFace sigmoid slope k")
+    opt("param_s", float, "scale s of SFace, CosFace, AMSoftmax, ArcFace (default: the head's: 64; AMSoftmax 30)")
+    opt("param_k", float, "SFace sigmoid slope k (default: 80)")
     opt("param_a", float, "SFace intra-class sigmoid centre a in radians (default: the data mode's)")
     opt("param_b", float, "SFace inter-class sigmoid centre b in radians (default: the data mode's)")
+    opt("param_m", float, "margin m of CosFace / AMSoftmax (0.35), ArcFace (0.5), SphereFace (4, an integer)")
     opt("embedding_size", int, "embedding dimension")
     opt("input_size", str, "network input HxW: 112x112, or 112x96 (SphereFace crop; 112x112 images are "
                            "cut by 8 columns per side)")
@@ -150,6 +149,7 @@ def resolve(args):
             raise ValueError(f"--{key} must be >= 0, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
+    cfg["head_params"] = head_params(cfg)
     return cfg
 
 
@@ -160,6 +160,18 @@ def parse_config(argv=None):
         return resolve(args)
     except ValueError as e:
         parser.error(str(e))
+
+
+def head_params(cfg):
+    """The --param_<x> values for the chosen head; one the user gave that the head does not take is an error."""
+    from head import HEAD_PARAMS
+    if cfg["head"] not in HEAD_PARAMS:
+        raise ValueError(f"unknown --head '{cfg['head']}'; choose from {', '.join(HEAD_PARAMS)}")
+    takes = HEAD_PARAMS[cfg["head"]]
+    refused = [k for k in cfg["given"] if k.startswith("param_") and k[len("param_"):] not in takes]
+    if refused:
+        raise ValueError(f"--head {cfg['head']} takes no {', '.join('--' + k for k in refused)}")
+    return {p: cfg[f"param_{p}"] for p in takes if cfg.get(f"param_{p}") is not None}
 
 
 def lr_at(cfg, epoch):

@@ -7,6 +7,7 @@ Rank 0 logs to the console (through tqdm, so progress bars stay intact) and to
 import json
 import logging
 import os
+import time
 
 from tqdm import tqdm
 
@@ -61,3 +62,36 @@ def _complete_record_upto(line, step):
         return json.loads(line)["step"] <= step
     except (ValueError, KeyError):
         return False  # a line cut short by the kill
+
+
+class TrainWindow:
+    """Per-step figures summed over a logging window; the sums travel in checkpoints so a
+    resumed run logs exactly what an uninterrupted one would have."""
+
+    COUNTS = ("correct", "samples", "steps")  # summed as counts; everything else is averaged per step
+
+    def __init__(self, sums=None):
+        self.sums = dict(sums or {})
+        self.start = time.time()
+
+    def add(self, stats):
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+
+    def record(self, progress, lr):
+        """Means of the figures, accuracy (when counted) and throughput; then starts a new window."""
+        s = self.sums
+        record = {"kind": "train", "step": progress["step"], "epoch": progress["epoch"] + 1, "lr": lr}
+        record.update({k: v / s["steps"] for k, v in s.items() if k not in self.COUNTS})
+        if "correct" in s:
+            record["train_acc"] = s["correct"] / s["samples"]
+        record["img_per_s"] = s["samples"] / max(time.time() - self.start, 1e-9)
+        self.sums, self.start = {}, time.time()
+        return record
+
+
+def describe_record(record):
+    """One log line's worth of a training record."""
+    skip = ("kind", "step", "epoch", "lr", "img_per_s", "skipped_images")
+    figures = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
+    return f"{figures}  {record['img_per_s']:.1f} img/s"

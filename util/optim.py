@@ -21,15 +21,27 @@ def build_sgd(modules, lr, momentum, weight_decay):
                          {"params": batchnorm, "weight_decay": 0.0}], lr=lr, momentum=momentum)
 
 
-def momentum_buffers(optimizer):
-    return [v.numpy() for group in optimizer.param_groups for v in group["values"]]
+# Jittor keeps per-parameter optimizer buffers in each group under these keys:
+# SGD "values" (momentum); Adam "values" and "m" (second and first moments).
+STATE_KEYS = ("values", "m")
 
 
-def load_momentum_buffers(optimizer, arrays, source):
-    buffers = [v for group in optimizer.param_groups for v in group["values"]]
+def state_buffers(optimizer):
+    return [v for group in optimizer.param_groups for key in STATE_KEYS for v in group.get(key, [])]
+
+
+def optimizer_state(optimizer):
+    """(buffers as numpy arrays, step count); Adam's bias correction needs the count."""
+    return [v.numpy() for v in state_buffers(optimizer)], optimizer.n_step
+
+
+def load_optimizer_state(optimizer, arrays, steps, source):
+    buffers = state_buffers(optimizer)
     if len(arrays) != len(buffers):
-        raise CheckpointError(f"{source}: {len(arrays)} momentum buffers, this model's optimizer has {len(buffers)}")
+        raise CheckpointError(f"{source}: {len(arrays)} optimizer buffers, this model's optimizer has {len(buffers)}")
     for i, (buffer, value) in enumerate(zip(buffers, arrays)):
         if tuple(buffer.shape) != tuple(value.shape):
-            raise CheckpointError(f"{source}: momentum buffer {i} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
+            raise CheckpointError(f"{source}: optimizer buffer {i} has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(buffer.shape)}")
         buffer.assign(np.asarray(value, np.float32))
+    optimizer.n_step = steps
