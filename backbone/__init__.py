@@ -4,6 +4,7 @@ from functools import partial
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
 from .ir import IResNet
 from .mobilefacenet import MobileFaceNet
+from .sphereface import SphereNet
 
 BACKBONES = {
     "IR_18": partial(IResNet, 18),
@@ -15,6 +16,10 @@ BACKBONES = {
     "IR_SE_50": partial(IResNet, 50, use_se=True),
     "IR_SE_100": partial(IResNet, 100, use_se=True),
     "MobileFaceNet": MobileFaceNet,
+    "SphereFace4": partial(SphereNet, 4),
+    "SphereFace20": partial(SphereNet, 20),
+    "SphereFace36": partial(SphereNet, 36),
+    "SphereFace64": partial(SphereNet, 64),
 }
 
 

@@ -95,7 +95,12 @@ class IResNet(nn.Module):
             nn.BatchNorm1d(embedding_size))
         reference_init(self)
 
+    def features(self, x):
+        """The last convolutional map, N x 512 x H/16 x W/16 (what SCF's confidence head reads)."""
+        return self.body(self.input_layer(self.input_norm(x)))
+
+    def embedding(self, features):
+        return self.output_layer(features)  # N x embedding_size
+
     def execute(self, x):
-        x = self.input_layer(self.input_norm(x))  # N x 64 x H x W
-        x = self.body(x)  # N x 512 x H/16 x W/16
-        return self.output_layer(x)  # N x embedding_size
+        return self.embedding(self.features(x))

@@ -84,10 +84,17 @@ class MobileFaceNet(nn.Module):
         self.fc1 = nn.BatchNorm1d(embedding_size, eps=EMBEDDING_BN_EPS)
         reference_init(self)
 
-    def execute(self, x):
+    def features(self, x):
+        """The last full-resolution map, N x 512 x H/16 x W/16 (what SCF's confidence head reads)."""
         x = self.conv_2_dw(self.conv_1(self.input_norm(x)))  # N x 64 x H/2 x W/2
         x = self.res_3(self.dconv_23(x))  # N x 64 x H/4
         x = self.res_4(self.dconv_34(x))  # N x 128 x H/8
         x = self.res_5(self.dconv_45(x))  # N x 128 x H/16
-        x = self.conv_6dw7_7(self.conv_6sep(x))  # N x 512 x 1 x 1
+        return self.conv_6sep(x)
+
+    def embedding(self, features):
+        x = self.conv_6dw7_7(features)  # N x 512 x 1 x 1
         return self.fc1(self.pre_fc1(self.conv_6_flatten(x)))
+
+    def execute(self, x):
+        return self.embedding(self.features(x))

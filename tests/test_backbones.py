@@ -97,3 +97,33 @@ def test_unknown_names_and_sizes_are_refused():
     with pytest.raises(ValueError, match="multiple of 16"):
         build_backbone("IR_18", (100, 100))
     assert {"IR_50", "IR_100", "IR_101", "IR_152", "IR_SE_50", "IR_SE_100", "MobileFaceNet"} <= set(BACKBONES)
+
+
+def spherenet_parameter_count(units, height, width, embedding=512):
+    total, in_c = 0, 3
+    for c, n in zip((64, 128, 256, 512), units):
+        total += in_c * c * 9 + c + c  # stride-2 conv with bias, PReLU
+        total += n * 2 * (c * c * 9 + c)  # residual units: two bias-free convs + PReLUs
+        in_c = c
+    return total + 512 * (height // 16) * (width // 16) * embedding + embedding
+
+
+@pytest.mark.parametrize("depth,units", [(4, (0, 0, 0, 0)), (20, (1, 2, 4, 1)), (36, (2, 4, 8, 2)),
+                                         (64, (3, 8, 16, 3))])
+def test_sphereface_networks(depth, units):
+    model = build_backbone(f"SphereFace{depth}", (112, 96))
+    assert count_parameters(model) == spherenet_parameter_count(units, 112, 96)
+    assert not any(isinstance(m, nn.BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("size", [(112, 96), (112, 112)])
+def test_sphereface20_shapes_gradients_and_initialisation(size):
+    model = build_backbone("SphereFace20", size, embedding_size=128)
+    out = model(images(2, *size))
+    assert tuple(out.shape) == (2, 128)
+    stem = model.body[0][0].weight
+    grad = jt.grad((out * out).sum(), stem).numpy()
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+    residual_conv = model.body[2][2].conv1.weight.numpy()
+    assert residual_conv.std() == pytest.approx(0.01, rel=0.05)
+    assert np.all(model.body[0][1].weight.numpy() == 0.25)  # Caffe's PReLU slope

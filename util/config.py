@@ -68,7 +68,8 @@ def build_parser():
     opt("batch_size", int, "global batch size, split across MPI ranks")
     opt("data_mode", str, "dataset preset: default data root and recommended (a, b)", choices=sorted(DATA_MODES))
     opt("data_root", str, "folder holding imgs.txt (and property) or train.rec + train.idx; default from --data_mode")
-    opt("net", str, "backbone: IR_18, IR_34, IR_50, IR_100 (= IR_101), IR_152, IR_SE_50, IR_SE_100, MobileFaceNet")
+    opt("net", str, "backbone: IR_18, IR_34, IR_50, IR_100 (= IR_101), IR_152, IR_SE_50, IR_SE_100, MobileFaceNet, "
+                    "SphereFace4/20/36/64")
     opt("head", str, "loss head: SFaceLoss, Softmax, CosFace, AMSoftmax, ArcFace, SphereFace")
     opt("target", str, "comma-separated verification targets (names under --eval_root, .bin files or "
                        "pairs folders); 'none' disables evaluation")
