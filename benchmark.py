@@ -26,7 +26,7 @@ from data.image_list import ImageListDataset, read_image_list
 from data.loader import BatchLoader
 from head import build_head
 from util.config import parse_size
-from util.optim import build_sgd
+from util.optim import SGD
 
 
 def timed(step, warmup, steps):
@@ -44,8 +44,8 @@ def timed(step, warmup, steps):
 def train_seconds(args, with_head):
     backbone = build_backbone(args.net, args.input_hw, args.embedding_size)
     head = build_head("SFaceLoss", args.embedding_size, args.num_classes)
-    modules = [backbone, head] if with_head else [backbone]
-    optimizer = build_sgd(modules, 0.01, 0.9, 5e-4)
+    modules = {"backbone": backbone, "head": head} if with_head else {"backbone": backbone}
+    optimizer = SGD(modules, 0.01, 0.9, 5e-4)
     rng = np.random.default_rng(0)
     images = jt.array(rng.uniform(0, 255, (args.batch_size, 3, *args.input_hw)).astype(np.float32))
     labels = jt.array(rng.integers(0, args.num_classes, args.batch_size))

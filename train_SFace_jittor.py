@@ -8,7 +8,6 @@ import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on 
 
 import json
 import os
-import sys
 import time
 
 import jittor as jt
@@ -28,12 +27,12 @@ from util.checkpoint import (OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_c
 from util.config import lr_at, parse_config
 from util.evaluation import EvalTarget, evaluate_target
 from util.logger import MetricsLog, TrainWindow, describe_record, setup_logging
-from util.optim import build_sgd, load_optimizer_state, optimizer_state
+from util.optim import SGD
 
 LAST, BEST = "last.npz", "best.npz"
 # What a resumed run may change; everything else comes from the checkpoint's config.
 RESUME_OVERRIDABLE = ("workers_id", "gpu_ids", "num_workers", "max_steps", "epochs", "eval_freq", "save_freq",
-                      "log_freq", "target", "targets", "eval_root", "strict_data", "outdir", "resume")
+                      "log_freq", "target", "targets", "eval_root", "strict_data", "outdir", "resume", "shard_head")
 
 
 def resume_config(cfg):
@@ -69,15 +68,18 @@ def load_eval_targets(cfg, log):
 
 
 def train_step(backbone, head, optimizer, images, labels, seed, step):
-    """One SGD step; -> the step's figures (loss and its parts, mean cosines, counts)."""
-    jt.set_seed(seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only: resumable
-    labels_var = jt.array(labels)
-    out = head(backbone(jt.array(images)), labels_var, step)
-    optimizer.step(out.loss)
-    figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts,
-               "correct": (jt.argmax(out.logits, 1)[0] == labels_var).sum()}
-    stats = {k: v.item() for k, v in figures.items()}
-    stats.update(samples=len(labels), steps=1)
+    """One SGD step on this rank's part of the global batch; -> the global batch's figures (alike on every rank)."""
+    rank = distributed.rank()
+    jt.set_seed((seed * 1_000_003 + step) * 1_009 + rank)  # dropout masks from (seed, step, rank): resumable
+    out = head(backbone(jt.array(images)), jt.array(labels), step)
+    # Each rank minimises (and reports) its part of the global batch's loss: a sharded head's output
+    # already is one; the others' are means over this rank's images, weighted by its share of the batch.
+    share = 1.0 if head.sharded else distributed.batch_share(len(labels))
+    optimizer.step(out.loss * share)
+    figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts}
+    stats = distributed.global_figures({k: v.item() for k, v in figures.items()}, share,
+                                       {"correct": out.correct.item(), "samples": len(labels)})
+    stats["steps"] = 1
     return stats
 
 
@@ -104,10 +106,59 @@ def run_evaluation(backbone, targets, cfg, progress, best, metrics, log):
 
 
 def save_state(path, cfg, progress, best, window, backbone, head, optimizer):
+    """Every rank takes part (replica check, sharded head gather); rank 0 writes the whole model."""
+    distributed.check_replicas_identical({n: p.numpy() for n, p in optimizer.replicated().items()},
+                                         f"before writing {path}")
+    head_arrays, state = module_arrays(head), optimizer.state_arrays()
+    if head.sharded:
+        head_arrays = {n: head.gather_block(a) for n, a in head_arrays.items()}
+        state = {k: head.gather_block(a) if k.startswith("head/") else a for k, a in state.items()}
     if distributed.is_main():
-        buffers, steps = optimizer_state(optimizer)
-        meta = {"config": cfg, "progress": progress, "best": best, "window": window.sums, "optimizer_steps": steps}
-        save_checkpoint(path, meta, module_arrays(backbone), module_arrays(head), buffers)
+        meta = {"config": cfg, "progress": progress, "best": best, "window": window.sums,
+                "optimizer_steps": optimizer.steps}
+        save_checkpoint(path, meta, module_arrays(backbone), head_arrays, state)
+
+
+def head_block(head, arrays, current, source):
+    """Whole-head arrays from a checkpoint -> what this rank holds (its block of classes, if sharded).
+
+    `current`: this rank's arrays of the names to convert (weights or optimizer state); others pass through.
+    """
+    if not head.sharded:
+        return arrays
+    for name, array in arrays.items():
+        if name in current and np.shape(array)[0] != head.num_classes:
+            raise CheckpointError(f"{source}: head '{name}' has {np.shape(array)[0]} classes, the training set "
+                                  f"{head.num_classes}")
+    return {name: head.take_block(array, current[name]) if name in current else array
+            for name, array in arrays.items()}
+
+
+def load_head_weights(head, arrays, source):
+    load_weights(head, head_block(head, arrays, module_arrays(head), source), source)
+
+
+def restore_training_state(checkpoint, source, backbone, head, optimizer):
+    """Weights and optimizer state of a --resume checkpoint into this rank's model (any world size)."""
+    load_weights(backbone, checkpoint["backbone"], source)
+    load_head_weights(head, checkpoint["head"], source)
+    head_state = {k: v for k, v in optimizer.state_arrays().items() if k.startswith("head/")}
+    optimizer.load_state_arrays(head_block(head, checkpoint["optimizer"], head_state, source),
+                                checkpoint["meta"]["optimizer_steps"], source)
+
+
+def build_model(cfg, num_classes):
+    jt.set_seed(cfg["seed"])
+    backbone = build_backbone_from_config(cfg)
+    if cfg["local_bn"]:
+        for module in backbone.modules():
+            if isinstance(module, jt.nn.BatchNorm):
+                module.sync = False
+    head = build_head(cfg["head"], cfg["embedding_size"], num_classes, seed=cfg["seed"],
+                      shard=cfg["shard_head"], **cfg["head_params"])
+    optimizer = SGD({"backbone": backbone, "head": head}, cfg["lr"], cfg["momentum"], cfg["weight_decay"],
+                    local=[f"head/{n}" for n in head.state_dict()] if head.sharded else ())
+    return backbone, head, optimizer
 
 
 def main(argv=None):
@@ -138,34 +189,33 @@ def main(argv=None):
             if part == "backbone":  # keep the input normalisation the weights were trained with
                 cfg["input_norm"] = source_cfg["input_norm"] if source_cfg else OFFICIAL_JITTOR_INPUT_NORM
     cfg.setdefault("input_norm", [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE])
-    jt.set_seed(cfg["seed"])
-    backbone = build_backbone_from_config(cfg)
-    head = build_head(cfg["head"], cfg["embedding_size"], dataset.num_classes, **cfg["head_params"])
-    optimizer = build_sgd([backbone, head], cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    backbone, head, optimizer = build_model(cfg, dataset.num_classes)
     progress = {"epoch": 0, "batch": 0, "step": 0}
     best = {"mean_accuracy": -1.0, "step": None, "per_target": {}, "baseline": {}, "latest": {}}
     window = TrainWindow()
     if checkpoint is not None:
-        load_weights(backbone, checkpoint["backbone"], cfg["resume"])
-        load_weights(head, checkpoint["head"], cfg["resume"])
+        restore_training_state(checkpoint, cfg["resume"], backbone, head, optimizer)
         meta = checkpoint["meta"]
-        load_optimizer_state(optimizer, checkpoint["optimizer"], meta["optimizer_steps"], cfg["resume"])
         progress, best, window = meta["progress"], meta["best"], TrainWindow(meta["window"])
         if distributed.is_main():
             metrics.truncate_after(progress["step"])
         log.info("resumed %s at epoch %d, batch %d (step %d)", cfg["resume"], progress["epoch"] + 1,
                  progress["batch"], progress["step"])
     else:
-        for part, module in (("backbone", backbone), ("head", head)):
-            if part in start_weights:
-                load_weights(module, start_weights[part], cfg[f"resume_{part}"])
+        if "backbone" in start_weights:
+            load_weights(backbone, start_weights["backbone"], cfg["resume_backbone"])
+        if "head" in start_weights:
+            load_head_weights(head, start_weights["head"], cfg["resume_head"])
         if distributed.is_main():
             os.makedirs(cfg["outdir"], exist_ok=True)
             open(metrics.path, "w").close()
             with open(os.path.join(cfg["outdir"], "config.json"), "w") as f:
                 json.dump(cfg, f, indent=2)
-    log.info("%s (%s) + %s on %s, %d process(es); config: %s", cfg["net"], f"{cfg['input_size']}, "
-             f"{cfg['embedding_size']}-d", cfg["head"], device, world, json.dumps(cfg, sort_keys=True))
+    distributed.broadcast_vars(list(optimizer.replicated().values()))
+    distributed.check_replicas_identical({n: p.numpy() for n, p in optimizer.replicated().items()}, "at start")
+    log.info("%s (%s) + %s%s on %s, %d process(es); config: %s", cfg["net"], f"{cfg['input_size']}, "
+             f"{cfg['embedding_size']}-d", cfg["head"], " (sharded)" if head.sharded else "", device, world,
+             json.dumps(cfg, sort_keys=True))
     backbone.train()
     head.train()
 
@@ -196,7 +246,7 @@ def main(argv=None):
             bar.update(1)
             now = time.time()
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['correct'] / stats['samples']:.3f}",
-                            img_s=f"{stats['samples'] * world / (now - step_start):.0f}")
+                            img_s=f"{stats['samples'] / (now - step_start):.0f}")
             step_start = now
             step = progress["step"]
             if step % cfg["log_freq"] == 0:
@@ -233,7 +283,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, CheckpointError) as e:  # bad input: the message names the file at fault
-        sys.exit(f"error: {e}")
+    # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError))

@@ -1,15 +1,33 @@
 """What every head shares: class centres, cosine logits, the output record, cross-entropy."""
+import math
 from collections import namedtuple
 
 import jittor as jt
+import numpy as np
 from jittor import nn
 
-from backbone.common import xavier_normal_out
+# logits: B x C; loss: the scalar minimised; correct: how many samples have their own class's
+# logit on top (train accuracy); cos_target / cos_other: mean cosine to the own / other class
+# centres (health figures); parts: named components of the loss worth logging (e.g. SFace's
+# intra and inter terms).
+HeadOutput = namedtuple("HeadOutput", "logits loss correct cos_target cos_other parts")
+CENTRE_BLOCK = 4096  # classes drawn per random generator in `centre_rows`
 
-# logits: B x C (what train accuracy is read from); loss: the scalar minimised;
-# cos_target / cos_other: mean cosine to the own / other class centres (health figures);
-# parts: named components of the loss worth logging (e.g. SFace's intra and inter terms).
-HeadOutput = namedtuple("HeadOutput", "logits loss cos_target cos_other parts")
+
+def centre_rows(num_classes, embedding_size, start, stop, seed):
+    """Rows [start, stop) of the reference-initialised C x D centre matrix.
+
+    Gaussian with std 2 * sqrt(2 / C) (xavier-normal, gain 2, fan-out mode, as the reference
+    initialises every weight). Each block of CENTRE_BLOCK classes has its own generator seeded
+    by (seed, block), so any process builds any rows with the values a single process would.
+    """
+    std = 2.0 * math.sqrt(2.0 / num_classes)
+    rows = []
+    for block in range(start // CENTRE_BLOCK, -(-stop // CENTRE_BLOCK)):
+        first = block * CENTRE_BLOCK
+        values = np.random.default_rng([seed, block]).standard_normal((CENTRE_BLOCK, embedding_size), np.float32)
+        rows.append(values[max(start, first) - first:min(stop, first + CENTRE_BLOCK) - first])
+    return np.concatenate(rows or [np.zeros((0, embedding_size), np.float32)]) * np.float32(std)
 
 
 def cosine(embeddings, centres):
@@ -32,6 +50,11 @@ def mean_cosines(cos, mask):
     return cos_target / jt.maximum(num_targets, 1.0), (cos.sum() - cos_target) / jt.maximum(num_other, 1.0)
 
 
+def count_correct(logits, mask):
+    """Samples whose target logit is the largest (ties count as correct)."""
+    return ((mask * logits).sum(dim=1) >= logits.max(dim=1)).sum()
+
+
 def softmax_cross_entropy(logits, mask):
     """Mean over the batch of -log softmax(logits)[target], computed stably."""
     top = logits.max(dim=1, keepdims=True).stop_grad()
@@ -40,7 +63,8 @@ def softmax_cross_entropy(logits, mask):
 
 
 class ClassCentres(nn.Module):
-    """A C x D weight of class centres with the reference initialisation."""
+    """A C x D weight of class centres with the reference initialisation, on every process."""
+    sharded = False  # figures are means over this process's batch (see ShardedSFaceHead for the other kind)
 
-    def __init__(self, embedding_size, num_classes):
-        self.weight = xavier_normal_out((num_classes, embedding_size))
+    def __init__(self, embedding_size, num_classes, seed=0):
+        self.weight = jt.array(centre_rows(num_classes, embedding_size, 0, num_classes, seed))

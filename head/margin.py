@@ -13,7 +13,7 @@ import math
 
 import jittor as jt
 
-from .common import ClassCentres, HeadOutput, cosine, mean_cosines, softmax_cross_entropy, target_mask
+from .common import ClassCentres, HeadOutput, cosine, count_correct, mean_cosines, softmax_cross_entropy, target_mask
 
 # cos(m theta) as a polynomial in cos(theta) (Chebyshev), so no acos sits on the gradient path.
 COS_MULTIPLE = {
@@ -57,13 +57,13 @@ def angular_multiplicative_logits(cos, mask, norms, m, lam):
 
 def classification_output(logits, cos, mask):
     cos_target, cos_other = mean_cosines(cos, mask)
-    return HeadOutput(logits=logits, loss=softmax_cross_entropy(logits, mask), cos_target=cos_target,
-                      cos_other=cos_other, parts={})
+    return HeadOutput(logits=logits, loss=softmax_cross_entropy(logits, mask), correct=count_correct(logits, mask),
+                      cos_target=cos_target, cos_other=cos_other, parts={})
 
 
 class SoftmaxHead(ClassCentres):
-    def __init__(self, embedding_size, num_classes):
-        super().__init__(embedding_size, num_classes)
+    def __init__(self, embedding_size, num_classes, seed=0):
+        super().__init__(embedding_size, num_classes, seed)
         # Unnormalised logits need the official Softmax head's Xavier-uniform scale: the
         # centres' fan-out initialisation is far too large when there are few classes.
         bound = math.sqrt(6.0 / (embedding_size + num_classes))
@@ -79,8 +79,8 @@ class SoftmaxHead(ClassCentres):
 class AdditiveCosineHead(ClassCentres):
     """CosFace (s=64, m=0.35) and AM-Softmax (s=30, m=0.35)."""
 
-    def __init__(self, embedding_size, num_classes, s=64.0, m=0.35):
-        super().__init__(embedding_size, num_classes)
+    def __init__(self, embedding_size, num_classes, s=64.0, m=0.35, seed=0):
+        super().__init__(embedding_size, num_classes, seed)
         self.s, self.m = s, m
 
     def execute(self, embeddings, labels, step=0):
@@ -90,8 +90,8 @@ class AdditiveCosineHead(ClassCentres):
 
 
 class ArcFaceHead(ClassCentres):
-    def __init__(self, embedding_size, num_classes, s=64.0, m=0.5):
-        super().__init__(embedding_size, num_classes)
+    def __init__(self, embedding_size, num_classes, s=64.0, m=0.5, seed=0):
+        super().__init__(embedding_size, num_classes, seed)
         self.s, self.m = s, m
 
     def execute(self, embeddings, labels, step=0):
@@ -103,8 +103,8 @@ class ArcFaceHead(ClassCentres):
 class SphereFaceHead(ClassCentres):
     """A-Softmax; `step` (the training iteration) drives the lambda annealing."""
 
-    def __init__(self, embedding_size, num_classes, m=4):
-        super().__init__(embedding_size, num_classes)
+    def __init__(self, embedding_size, num_classes, m=4, seed=0):
+        super().__init__(embedding_size, num_classes, seed)
         if m not in COS_MULTIPLE:
             raise ValueError(f"SphereFace margin m must be one of {sorted(COS_MULTIPLE)}, got {m}")
         self.m = m

@@ -19,7 +19,7 @@ MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CO
 def random_model_checkpoint(path, embedding_size=64):
     cfg = {"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size": embedding_size,
            "input_norm": [127.5, 1 / 128]}
-    save_checkpoint(str(path), {"config": cfg}, module_arrays(build_backbone_from_config(cfg)), {}, [])
+    save_checkpoint(str(path), {"config": cfg}, module_arrays(build_backbone_from_config(cfg)), {})
     return str(path)
 
 

@@ -129,3 +129,25 @@ def test_head_module_uses_its_parameters():
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="unknown head"):
         build_head("NoSuchLoss", 16, 7)
+
+
+def test_class_centres_are_the_same_however_they_are_split():
+    """Any block of rows is the full matrix's (what lets a sharded head start where an unsharded one does)."""
+    from head.common import CENTRE_BLOCK, centre_rows
+    classes = 2 * CENTRE_BLOCK + 100
+    full = centre_rows(classes, 8, 0, classes, seed=3)
+    for start, stop in ((0, 1), (5, CENTRE_BLOCK + 7), (CENTRE_BLOCK, classes), (classes - 3, classes)):
+        np.testing.assert_array_equal(centre_rows(classes, 8, start, stop, seed=3), full[start:stop])
+    assert full.std() == pytest.approx(2 * np.sqrt(2 / classes), rel=0.01)  # the reference's xavier-normal
+    assert not np.array_equal(centre_rows(classes, 8, 0, 10, seed=4), full[:10])
+    head = build_head("SFaceLoss", 8, classes, seed=3)
+    np.testing.assert_array_equal(head.weight.numpy(), full)
+
+
+def test_correct_counts_samples_whose_own_class_scores_highest():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, 40)
+    head = build_head("SFaceLoss", 16, 5)
+    out = head(jt.array(x), jt.array(labels))
+    assert out.correct.item() == np.sum(out.logits.numpy().argmax(1) == labels)

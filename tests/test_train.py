@@ -122,8 +122,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_face_se
     for part in ("backbone", "head"):
         for name, value in a[part].items():
             np.testing.assert_allclose(b[part][name], value, rtol=1e-5, atol=1e-6, err_msg=f"{part}/{name}")
-    for x, y in zip(a["optimizer"], b["optimizer"]):
-        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    assert a["optimizer"].keys() == b["optimizer"].keys() and "backbone/conv_1.conv2d.weight/momentum" in a["optimizer"]
+    for name, value in a["optimizer"].items():
+        np.testing.assert_allclose(b["optimizer"][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     logged_a, logged_b = read_metrics(straight, "train"), read_metrics(interrupted, "train")
     assert [r["step"] for r in logged_b] == list(range(1, 16))
     for ra, rb in zip(logged_a, logged_b):
@@ -147,12 +148,12 @@ def test_embedded_demo_is_consistent_and_held_out():
 @pytest.mark.parametrize("head", ["Softmax", "CosFace", "AMSoftmax", "ArcFace", "SphereFace"])
 def test_every_head_trains_and_lowers_its_loss(tiny_face_set, tmp_path, head):
     import train_SFace_jittor
-    data_root, _ = tiny_face_set(classes=4, per_class=4)
+    data_root, _ = tiny_face_set(classes=4, per_class=8)  # 4 batches of 8 per epoch
     outdir = tmp_path / head
-    train_SFace_jittor.main(train_args(data_root, outdir, "--head", head, "--epochs", "4", "--stages", "4",
-                                       "--log_freq", "4", "--target", "none", "--lr", "0.02"))
-    losses = [r["loss"] for r in read_metrics(outdir, "train")]
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    train_SFace_jittor.main(train_args(data_root, outdir, "--head", head, "--epochs", "6", "--stages", "6",
+                                       "--batch_size", "8", "--log_freq", "4", "--target", "none", "--lr", "0.01"))
+    losses = [r["loss"] for r in read_metrics(outdir, "train")]  # one mean per epoch
+    assert len(losses) == 6 and np.mean(losses[-3:]) < losses[0] - 0.25 * abs(losses[0]), losses
 
 
 def test_head_options_are_checked():

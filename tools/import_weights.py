@@ -97,7 +97,7 @@ def main(argv=None):
         load_weights(model, backbone_arrays, f"{args.source} weights")  # every name and shape must fit
     except (KeyError, ValueError) as e:
         sys.exit(f"error: cannot import {args.source} weights: {e}")
-    save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays, [])
+    save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays)
     print(f"{args.out}: {cfg['net']} {cfg['input_size']}, {cfg['embedding_size']}-d, input (x - {cfg['input_norm'][0]})"
           f" * {cfg['input_norm'][1]:g}{', with head' if head_arrays else ''}; config {json.dumps(cfg)}")
 

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from backbone import build_backbone  # noqa: E402
 from head import build_head  # noqa: E402
 from util.config import DATA_MODES  # noqa: E402
-from util.optim import build_sgd  # noqa: E402
+from util.optim import SGD  # noqa: E402
 
 
 def check_arithmetic():
@@ -33,7 +33,7 @@ def warm_demo_kernels():
     batch = demo["batch_size"]
     backbone = build_backbone(demo["net"])
     head = build_head("SFaceLoss", 512, 10)
-    optimizer = build_sgd([backbone, head], 0.01, 0.9, 5e-4)
+    optimizer = SGD({"backbone": backbone, "head": head}, 0.01, 0.9, 5e-4)
     images = jt.array(np.random.default_rng(0).uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32))
     labels = jt.array(np.arange(batch) % 10)
     backbone.train()

@@ -1,9 +1,11 @@
 """The one checkpoint format: a numpy `.npz` archive (no pickle; `np.load` reads it anywhere).
 
-Arrays are stored under `backbone/<name>`, `head/<name>` and `optimizer/<index>` (SGD
-momentum buffers, in the optimizer's parameter order), plus `meta`, a JSON string with the run's config, the training
-position (epoch, batch within the epoch, global step, learning rate) and the best
-evaluation results. RNG state needs no storage: every random draw is seeded from
+Arrays are stored under `backbone/<name>`, `head/<name>` and
+`optimizer/<part>/<name>/<buffer>` (SGD momentum, Adam moments: by parameter, see
+util/optim.py), plus `meta`, a JSON string with the run's config, the training position
+(epoch, batch within the epoch, global step, optimizer steps) and the best evaluation
+results. A sharded head is stored whole (every class centre), so a checkpoint loads into
+any number of processes, sharded or not. RNG state needs no storage: every random draw is seeded from
 (seed, epoch) or (seed, step), which the checkpoint holds.
 
 Files are written to a temporary name, flushed to disk and renamed over the old one,
@@ -32,10 +34,11 @@ def module_arrays(module):
     return {name: var.numpy() for name, var in module.state_dict().items()}
 
 
-def save_checkpoint(path, meta, backbone, head, optimizer_state):
+def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
+    """backbone, head: {name: array}; optimizer_state: {'<part>/<name>/<buffer>': array}."""
     arrays = {f"backbone/{k}": v for k, v in backbone.items()}
     arrays.update({f"head/{k}": v for k, v in head.items()})
-    arrays.update({f"optimizer/{i}": v for i, v in enumerate(optimizer_state)})
+    arrays.update({f"optimizer/{k}": v for k, v in (optimizer_state or {}).items()})
     arrays["meta"] = np.array(json.dumps(dict(meta, format=FORMAT)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -62,8 +65,7 @@ def load_checkpoint(path):
     for key, value in arrays.items():
         part, name = key.split("/", 1)
         parts[part][name] = value
-    optimizer = [parts["optimizer"][str(i)] for i in range(len(parts["optimizer"]))]
-    return {"meta": meta, "backbone": parts["backbone"], "head": parts["head"], "optimizer": optimizer}
+    return {"meta": meta, **parts}
 
 
 def load_weights(module, arrays, source):

@@ -35,6 +35,8 @@ DEFAULTS = {
     "resume_head": "",
     "max_steps": 0,
     "strict_data": False,
+    "shard_head": False,
+    "local_bn": False,
 }
 
 # Recommended SFace (a, b) per training set (TIP 2021): CASIA-WebFace 0.87/1.2,
@@ -98,6 +100,11 @@ def build_parser():
     opt("max_steps", int, "stop after this many batches in all (0: no limit)")
     p.add_argument("--strict_data", action="store_true", default=None,
                    help="stop at the first missing or undecodable training image instead of skipping it")
+    p.add_argument("--shard_head", action="store_true", default=None,
+                   help="under mpirun, split the SFace class centres (and their optimizer state) over the ranks "
+                        "instead of keeping a copy on each: for large identity counts")
+    p.add_argument("--local_bn", action="store_true", default=None,
+                   help="under mpirun, keep BatchNorm batch statistics per rank instead of synchronising them")
     return p
 
 
@@ -151,6 +158,9 @@ def resolve(args):
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {cfg['lr']}")
     cfg["head_params"] = head_params(cfg)
+    if cfg["shard_head"] and cfg["head"] != "SFaceLoss":
+        raise ValueError(f"--shard_head works with --head SFaceLoss only (the softmax heads normalise over every "
+                         f"class), not {cfg['head']}")
     return cfg
 
 

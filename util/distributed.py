@@ -1,11 +1,20 @@
 """Process-group helpers that also work in a single process (no mpirun).
 
-Jittor itself all-reduces gradients and BatchNorm statistics; these helpers carry the
-numpy-side traffic (embedding tables, agreement on when to stop) through mpi4py on the
-MPI world Jittor has already initialised.
+Two kinds of traffic:
+- inside Jittor's graph (`mpi_all_reduce`, differentiable): gradient sums, BatchNorm
+  statistics, the gathered embeddings of a sharded head. Jittor runs ready operations in
+  the order they were created, so every rank issues these collectives in the same order.
+- on numpy arrays through mpi4py, on the MPI world Jittor has already initialised, at
+  points every rank reaches together: batch sizes, logged figures, evaluation tables,
+  checkpoint gathers, replica checks.
+A rank that fails calls `abort`, so the whole job stops instead of hanging in a collective.
 """
-import numpy as np
+import sys
+import traceback
+import zlib
+
 import jittor as jt
+import numpy as np
 
 
 def in_mpi():
@@ -25,7 +34,10 @@ def is_main():
 
 
 def select_device(gpu_ids, workers_id):
-    """--workers_id: [] = CPU, GPU ids, or None ('auto': CUDA when Jittor has it). -> 'cuda' or 'cpu'."""
+    """--workers_id: [] = CPU, GPU ids, or None ('auto': CUDA when Jittor has it). -> 'cuda' or 'cpu'.
+
+    Which GPU a rank uses was fixed before Jittor started (util.runtime.pin_rank_gpu).
+    """
     want_gpu = bool(jt.has_cuda) if gpu_ids is None else bool(gpu_ids)
     if want_gpu and not jt.has_cuda:
         raise SystemExit(f"--workers_id {workers_id} asks for a GPU, but Jittor found no usable CUDA here; "
@@ -38,6 +50,8 @@ def _comm():
     from mpi4py import MPI  # imported after jittor, which owns MPI_Init/Finalize
     return MPI.COMM_WORLD
 
+
+# ---- numpy collectives (mpi4py) ----
 
 def sum_arrays(array):
     """Element-wise sum of a same-shaped numpy array over all ranks (float64-safe)."""
@@ -55,6 +69,129 @@ def max_int(value):
     return int(_comm().allreduce(int(value), op=MPI.MAX))
 
 
+def gather_counts(count):
+    """Every rank's `count`, in rank order, on every rank."""
+    return [int(count)] if not in_mpi() else [int(c) for c in _comm().allgather(int(count))]
+
+
+def all_gather_rows(local, counts):
+    """Concatenate each rank's rows (rank order) on every rank; counts[r] = rows of rank r."""
+    local = np.ascontiguousarray(local)
+    if not in_mpi():
+        return local
+    row = int(np.prod(local.shape[1:], dtype=np.int64))
+    out = np.empty((sum(counts), *local.shape[1:]), local.dtype)
+    _comm().Allgatherv(local, [out, [c * row for c in counts]])
+    return out
+
+
+def gather_rows_to_main(local, counts):
+    """Each rank's rows concatenated in rank order on rank 0 (None elsewhere)."""
+    local = np.ascontiguousarray(local)
+    if not in_mpi():
+        return local
+    row = int(np.prod(local.shape[1:], dtype=np.int64))
+    out = np.empty((sum(counts), *local.shape[1:]), local.dtype) if is_main() else None
+    _comm().Gatherv(local, [out, [c * row for c in counts]] if is_main() else None, root=0)
+    return out
+
+
+def batch_share(count):
+    """This rank's fraction of the global batch, when it holds `count` of its images."""
+    return count / sum(gather_counts(count))
+
+
+def global_figures(means, share, counts):
+    """Per-rank training figures -> the global batch's, alike on every rank.
+
+    means: {name: float} averaged over this rank's images, weighted here by its `share` of
+    the batch (or already a part of the global figure, with share 1); counts: {name: number}.
+    """
+    values = [value * share for value in means.values()] + list(counts.values())
+    return dict(zip([*means, *counts], sum_arrays(np.array(values, np.float64)).tolist()))
+
+
 def barrier():
     if in_mpi():
         _comm().Barrier()
+
+
+def check_replicas_identical(named_arrays, what):
+    """Raise naming the first rank and array that differ from rank 0's: replicated weights must stay equal.
+
+    Cheap: each rank hashes its arrays and only the hashes travel.
+    """
+    if not in_mpi():
+        return
+    names = sorted(named_arrays)
+    digests = [zlib.crc32(np.ascontiguousarray(named_arrays[n]).tobytes()) for n in names]
+    everyone = _comm().allgather(digests)
+    for other, theirs in enumerate(everyone):
+        for name, mine, their in zip(names, everyone[0], theirs):
+            if mine != their:
+                raise RuntimeError(f"{what}: '{name}' on rank {other} differs from rank 0's; the replicas have "
+                                   "diverged")
+
+
+def abort(message):
+    """Print `message` tagged with this rank and end the whole job (every rank) with exit status 1."""
+    tag = f"[rank {rank()}/{world_size()}] " if in_mpi() else ""
+    sys.stderr.write("".join(f"{tag}{line}\n" for line in message.rstrip().splitlines()))
+    sys.stderr.flush()
+    if in_mpi() and world_size() > 1:
+        _comm().Abort(1)  # mpirun then ends every rank: no one waits forever in a collective
+    sys.exit(1)
+
+
+def run_main(main, expected_errors=()):
+    """Run a script's main(); a failure on any rank ends the whole job, naming the rank.
+
+    `expected_errors` (bad input) print only their message; anything else its traceback.
+    """
+    try:
+        main()
+    except expected_errors as e:
+        abort(f"error: {e}")
+    except BaseException as e:  # a crash on one rank must not leave the others hanging in a collective
+        if world_size() == 1 or isinstance(e, SystemExit) and e.code in (None, 0):
+            raise
+        abort(e.code if isinstance(e, SystemExit) and isinstance(e.code, str) else traceback.format_exc())
+
+
+# ---- Jittor collectives (in the graph, differentiable) ----
+
+def all_reduce_sum(variables):
+    """Sum each Var over the ranks with one all-reduce of their concatenation; -> the summed Vars."""
+    if not in_mpi() or not variables:
+        return list(variables)
+    flat = jt.concat([v.reshape(-1) for v in variables]).mpi_all_reduce("sum")
+    summed, offset = [], 0
+    for v in variables:
+        size = v.numel()
+        summed.append(flat[offset:offset + size].reshape(v.shape))
+        offset += size
+    return summed
+
+
+def all_gather_var(local, counts):
+    """B_r x D rows of each rank -> the B x D concatenation (rank order) on every rank, differentiably.
+
+    A zero table holding this rank's rows at its offset, summed over the ranks. The
+    gradient of a sum is the sum of the gradients, so backward hands each rank the
+    gradient of *every* rank's loss with respect to its own rows.
+    """
+    if not in_mpi():
+        return local
+    me = rank()
+    before, after = sum(counts[:me]), sum(counts[me + 1:])
+    parts = [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (before,) if n] + [local] + \
+            [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (after,) if n]
+    return jt.concat(parts).mpi_all_reduce("sum")
+
+
+def broadcast_vars(variables):
+    """Overwrite each Var with rank 0's value."""
+    if in_mpi():
+        for v in variables:
+            v.assign(v.mpi_broadcast(0))
+        jt.sync(list(variables))

@@ -1,13 +1,21 @@
-"""Pick Jittor's compile target before `jittor` is first imported.
+"""Settle Jittor's compile target and each MPI rank's GPU before `jittor` is first imported.
 
 Jittor builds CUDA kernels whenever it finds `nvcc`, even on a machine with no GPU,
-where that build is slow and useless. Entry points (scripts, tests) import this
-module before anything imports jittor; `nvcc_path=""` then forces the CPU build.
-A value the user already exported is left alone.
+where that build is slow and useless. Entry points (scripts, tests) import this module
+before anything imports jittor; `nvcc_path=""` then forces the CPU build. A value the
+user already exported is left alone.
+
+Under mpirun, `--workers_id 0,1` means rank r uses the r-th listed GPU (cycling when there
+are more ranks than ids, e.g. `--workers_id 0` puts every rank on GPU 0). Jittor picks
+its device from the local rank among the visible GPUs, so each rank is shown only its own
+GPU (CUDA_VISIBLE_DEVICES), and the ids count within what was visible before.
 """
 import os
 import shutil
 import subprocess
+import sys
+
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 
 
 def cuda_gpu_present():
@@ -21,9 +29,46 @@ def cuda_gpu_present():
     return out.returncode == 0 and "GPU" in out.stdout
 
 
-def configure_jittor_env():
+def option_value(argv, name):
+    """The value of `--name V` or `--name=V` in a command line, else None."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
+
+
+def rank_gpu(rank, workers_id, visible):
+    """The CUDA_VISIBLE_DEVICES value for MPI rank `rank`, or None to leave the GPUs as they are.
+
+    workers_id: the --workers_id text ('0,1', 'cpu', 'auto' or None); visible: CUDA_VISIBLE_DEVICES or None.
+    """
+    if rank is None or workers_id is None or workers_id.strip().lower() in ("cpu", "auto", ""):
+        return None
+    ids = [v.strip() for v in workers_id.split(",") if v.strip()]
+    chosen = int(ids[rank % len(ids)])
+    devices = [v.strip() for v in visible.split(",")] if visible else None
+    if devices is not None and not 0 <= chosen < len(devices):
+        raise SystemExit(f"--workers_id {workers_id}: GPU {chosen} is not among CUDA_VISIBLE_DEVICES={visible}")
+    return devices[chosen] if devices is not None else str(chosen)
+
+
+def mpi_rank_from_environment():
+    for variable in RANK_VARIABLES:
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return None
+
+
+def configure_jittor_env(argv=None):
     if "nvcc_path" not in os.environ and not cuda_gpu_present():
         os.environ["nvcc_path"] = ""
+        return
+    gpu = rank_gpu(mpi_rank_from_environment(), option_value(argv if argv is not None else sys.argv, "--workers_id"),
+                   os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 configure_jittor_env()
