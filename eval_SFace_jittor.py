@@ -6,7 +6,8 @@
     python3 eval_SFace_jittor.py --checkpoint Backbone_IR_50.pkl --net IR_50 --target ../lfw/lfw.bin
 
 Prints a table, writes `results.json` and one ROC curve PNG per target to --outdir.
-Under mpirun the embedding work is split over the ranks; rank 0 writes.
+For an SCF checkpoint (train_SCF_jittor.py) each target is also scored with SCF's eq. 13
+from (embedding, kappa). Under mpirun the embedding work is split over the ranks; rank 0 writes.
 """
 import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
 
@@ -15,13 +16,16 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from backbone import build_backbone_from_config
 from data.image_list import DataError
 from data.verification_sets import load_target
+from head.scf import ConfidenceHead
 from util import distributed
 from util.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_weights, read_weights
 from util.config import parse_size, parse_workers
-from util.evaluation import EvalTarget, evaluate_target
+from util.evaluation import EvalTarget, protocol_report, scf_report, target_features
 from util.roc_plot import save_roc_plot
 
 
@@ -41,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--workers_id", default="auto", help="GPU ids for the ranks, 'cpu', or 'auto'")
     p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
+    p.add_argument("--save_features", action="store_true",
+                   help="also write features_<target>.npz: unit embeddings (and SCF kappas) of each distinct image")
     args = p.parse_args(argv)
     if args.batch_size < 0:
         p.error(f"--batch_size must be positive, got {args.batch_size}")
@@ -50,41 +56,54 @@ def parse_args(argv=None):
 
 
 def load_model(args):
+    """-> (backbone, SCF confidence head or None, config)."""
     arrays, cfg = read_weights(args.checkpoint, "backbone")
     if cfg is None:  # an official SFace-Jittor .pkl
         cfg = {"net": args.net, "input_hw": list(parse_size(args.input_size)), "embedding_size": args.embedding_size,
                "input_norm": OFFICIAL_JITTOR_INPUT_NORM}
     backbone = build_backbone_from_config(cfg)
     load_weights(backbone, arrays, args.checkpoint)
-    return backbone, cfg
+    confidence_head = None
+    if cfg.get("scf"):
+        confidence_head = ConfidenceHead(512, cfg["embedding_size"])
+        load_weights(confidence_head, read_weights(args.checkpoint, "head")[0], args.checkpoint)
+    return backbone, confidence_head, cfg
 
 
 def print_table(reports):
-    header = f"{'target':<12}{'pairs':>7}{'accuracy':>18}{'threshold':>11}{'TAR@1e-3':>10}{'TAR@1e-4':>10}" \
+    header = f"{'target':<14}{'pairs':>7}{'accuracy':>18}{'threshold':>11}{'TAR@1e-3':>10}{'TAR@1e-4':>10}" \
              f"{'AUC':>8}{'EER':>8}{'XNorm':>9}"
     print(header)
     print("-" * len(header))
     for r in reports:
-        print(f"{r['target']:<12}{r['pairs']:>7}{100 * r['accuracy']:>10.2f} ± {100 * r['accuracy_std']:<5.2f}"
+        print(f"{r['target']:<14}{r['pairs']:>7}{100 * r['accuracy']:>10.2f} ± {100 * r['accuracy_std']:<5.2f}"
               f"{r['threshold']:>11.3f}{r['tar_at_far']['0.001']:>10.4f}{r['tar_at_far']['0.0001']:>10.4f}"
-              f"{r['auc']:>8.4f}{r['eer']:>8.4f}{r['xnorm']:>9.2f}")
+              f"{r['auc']:>8.4f}{r['eer']:>8.4f}" + (f"{r['xnorm']:>9.2f}" if r["xnorm"] is not None else f"{'-':>9}"))
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.select_device(parse_workers(args.workers_id), args.workers_id)
     batch_size = args.batch_size or (256 if device == "cuda" else 16)
-    backbone, cfg = load_model(args)
+    backbone, confidence_head, cfg = load_model(args)
     reports = []
+    os.makedirs(args.outdir, exist_ok=True)
     for name in [t.strip() for t in args.target.split(",") if t.strip()]:
         target = EvalTarget(load_target(name, args.eval_root), cfg["input_hw"], args.num_workers)
-        reports.append(evaluate_target(backbone, target, batch_size, flip=not args.no_flip))
+        features = target_features(backbone, target, batch_size, not args.no_flip, confidence_head)
+        reports.append(protocol_report(target, features))
+        if confidence_head is not None:
+            reports.append(scf_report(target, features, cfg["radius"]))
+        if args.save_features and distributed.is_main():
+            saved = {"embeddings": features["unit"], "sources": np.array(target.pair_set.sources)}
+            if features["kappa"] is not None:
+                saved["kappa"] = features["kappa"]
+            np.savez(os.path.join(args.outdir, f"features_{target.name}.npz"), **saved)
     if not distributed.is_main():
         return reports
     print(f"{cfg['net']} {cfg['input_hw'][0]}x{cfg['input_hw'][1]} from {args.checkpoint}, "
           f"{'flip-summed' if not args.no_flip else 'no flip'}, 10-fold")
     print_table(reports)
-    os.makedirs(args.outdir, exist_ok=True)
     for r in reports:
         save_roc_plot(os.path.join(args.outdir, f"roc_{r['target']}.png"), *r["roc"], title=r["target"])
     with open(os.path.join(args.outdir, "results.json"), "w") as f:

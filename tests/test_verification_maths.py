@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
 from util.verification import (EUCLIDEAN_THRESHOLDS, contiguous_folds, flip_fused, kfold_accuracy, pair_distances,
-                               roc_figures, verification_report, xnorm)
+                               roc_figures, score_thresholds, verification_report, xnorm)
 
 
 def kfold_accuracy_by_the_book(distances, issame, thresholds, folds=10):
@@ -91,8 +91,18 @@ def test_cosine_scoring_gives_the_same_accuracy():
 def test_report_fields():
     rng = np.random.default_rng(2)
     raw = rng.normal(size=(60, 16))
-    report = verification_report(flip_fused(raw), np.arange(60).reshape(30, 2), rng.random(30) < 0.5, [raw])
+    unit = flip_fused(raw)
+    report = verification_report(pair_distances(unit, np.arange(60).reshape(30, 2)), rng.random(30) < 0.5,
+                                 raw_embeddings=[raw])
     assert set(report) >= {"accuracy", "accuracy_std", "threshold", "xnorm", "auc", "eer", "tar_at_far", "roc"}
     assert report["accuracy"] == pytest.approx(np.mean(report["fold_accuracies"]))
     with pytest.raises(ValueError, match="cannot be split"):
         kfold_accuracy(np.zeros(5), np.zeros(5, bool))
+
+
+def test_thresholds_for_unscaled_scores_separate_every_pair():
+    distances = np.array([-3.0, 5.0, -3.0, 0.5])
+    np.testing.assert_allclose(score_thresholds(distances), [-4.0, -1.25, 2.75, 6.0])
+    issame = np.array([True, False, True, False] * 5)
+    accuracies, _ = kfold_accuracy(np.tile(distances, 5), issame, score_thresholds(np.tile(distances, 5)))
+    assert accuracies.mean() == 1.0

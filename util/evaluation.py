@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from data.loader import rank_share
 from util import distributed
-from util.verification import flip_fused, verification_report
+from util.verification import flip_fused, pair_distances, score_thresholds, verification_report
+from util.vmf import pair_scores
 
 
 class EvalTarget:
@@ -48,24 +49,60 @@ def embed_images(backbone, images, batch_size, flip=True, desc=None):
             np.concatenate(flipped_outputs) if flip and flipped_outputs else None)
 
 
-def gather_embeddings(local, share, num_images):
-    """Each rank's rows -> the full N x D table on every rank."""
-    dim = distributed.max_int(local.shape[1] if local is not None else 0)  # a rank may hold no images
-    table = np.zeros((num_images, dim), np.float32)
+def gather_rows(local, share, num_rows):
+    """Each rank's rows (or values) -> the full table on every rank."""
+    width = distributed.max_int(local.shape[1] if local is not None and local.ndim > 1 else 0)
+    table = np.zeros((num_rows, width) if width else num_rows, np.float32)
     if local is not None:
         table[share[0]:share[1]] = local
     return distributed.sum_arrays(table)
 
 
-def evaluate_target(backbone, target, batch_size, flip=True):
-    """Protocol figures of one target (on every rank); the backbone is left in eval mode."""
+def image_kappas(backbone, confidence_head, images, batch_size):
+    """SCF concentration of each uint8 N x H x W x 3 image (as it is, not mirrored)."""
+    kappas = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].transpose(0, 3, 1, 2).astype(np.float32)
+        kappas.append(confidence_head(backbone.features(jt.array(batch))).numpy())
+    return np.concatenate(kappas) if kappas else np.zeros(0, np.float32)
+
+
+def target_features(backbone, target, batch_size, flip=True, confidence_head=None):
+    """Embeddings of every distinct image of a target (and SCF kappas), on every rank.
+
+    -> dict(raw, raw_flipped or None, unit: flip-fused L2-normalised, kappa or None).
+    The backbone (and head) are left in eval mode.
+    """
     backbone.eval()
     with jt.no_grad():
         local, local_flipped = embed_images(backbone, target.images, batch_size, flip, desc=f"embedding {target.name}")
-    raw = gather_embeddings(local, target.share, target.num_images)
-    raw_flipped = gather_embeddings(local_flipped, target.share, target.num_images) if flip else None
-    report = verification_report(flip_fused(raw, raw_flipped), target.pair_set.pairs, target.pair_set.issame,
-                                 raw_embeddings=[e for e in (raw, raw_flipped) if e is not None])
-    report["target"] = target.name
-    report["pairs"] = len(target.pair_set.issame)
-    return report
+        local_kappa = None
+        if confidence_head is not None:
+            confidence_head.eval()
+            local_kappa = image_kappas(backbone, confidence_head, target.images, batch_size)
+    raw = gather_rows(local, target.share, target.num_images)
+    raw_flipped = gather_rows(local_flipped, target.share, target.num_images) if flip else None
+    kappa = gather_rows(local_kappa, target.share, target.num_images) if confidence_head is not None else None
+    return {"raw": raw, "raw_flipped": raw_flipped, "unit": flip_fused(raw, raw_flipped), "kappa": kappa}
+
+
+def protocol_report(target, features):
+    """The standard protocol on the flip-fused embeddings."""
+    pairs = target.pair_set.pairs
+    raw = [e for e in (features["raw"], features["raw_flipped"]) if e is not None]
+    report = verification_report(pair_distances(features["unit"], pairs), target.pair_set.issame, raw_embeddings=raw)
+    return dict(report, target=target.name, pairs=len(pairs))
+
+
+def scf_report(target, features, radius):
+    """The same protocol scored with SCF eq. 13 (mutual likelihood of the two vMFs) instead of distance."""
+    pairs, mu, kappa = target.pair_set.pairs, features["unit"], features["kappa"]
+    scores = pair_scores(mu[pairs[:, 0]], kappa[pairs[:, 0]].astype(np.float64), mu[pairs[:, 1]],
+                         kappa[pairs[:, 1]].astype(np.float64), radius)
+    report = verification_report(-scores, target.pair_set.issame, score_thresholds(-scores))
+    return dict(report, target=f"{target.name}-scf", pairs=len(pairs))
+
+
+def evaluate_target(backbone, target, batch_size, flip=True):
+    """Protocol figures of one target (on every rank); the backbone is left in eval mode."""
+    return protocol_report(target, target_features(backbone, target, batch_size, flip))

@@ -77,10 +77,15 @@ def roc_figures(distances, issame, far_targets=FAR_TARGETS):
     return {"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(issame, -distances)), "eer": eer, "tar_at_far": tar}
 
 
-def verification_report(unit_embeddings, pairs, issame, raw_embeddings=(), num_folds=10):
-    """Everything a verification table shows, for one target."""
-    distances = pair_distances(unit_embeddings, np.asarray(pairs))
-    accuracies, thresholds = kfold_accuracy(distances, issame, num_folds=num_folds)
+def score_thresholds(distances):
+    """Candidate thresholds for distances on no fixed scale (e.g. negated SCF scores): every midpoint."""
+    values = np.unique(distances)
+    return np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
+
+
+def verification_report(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, raw_embeddings=(), num_folds=10):
+    """Everything a verification table shows, for one target's pair distances (smaller = same)."""
+    accuracies, thresholds = kfold_accuracy(distances, issame, thresholds, num_folds=num_folds)
     roc = roc_figures(distances, issame)
     return {
         "accuracy": float(accuracies.mean()),
