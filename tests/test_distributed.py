@@ -154,3 +154,27 @@ def test_a_rank_that_fails_ends_the_job_naming_rank_and_file(tiny_face_set, tmp_
     assert result.returncode != 0 and time.time() - start < 60
     assert f"[rank 1/2] error: {data_root / 'imgs.txt'}:{victim + 1} ({entries[victim][0]})" in result.stderr, \
         result.stderr[-2000:]
+
+
+def test_benchmark_accounts_for_every_collective_of_a_step():
+    """The mpirun benchmark's byte counts match the model: one all-reduce of every replicated gradient,
+    four per synchronised BatchNorm layer (statistics forward and back), the gathered batch twice."""
+    from backbone import build_backbone
+    from backbone.common import count_parameters
+    from jittor import nn
+    backbone = build_backbone("MobileFaceNet")
+    batchnorms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm)]
+    command = mpirun(2, os.path.join(REPO_ROOT, "benchmark.py"), "--net", "MobileFaceNet", "--num_classes", "7",
+                     "--batch_size", "5", "--workers_id", "cpu", "--steps", "1", "--warmup", "0")
+    rows = {}
+    for line in run(command + ["--shard_head"]).stdout.splitlines():
+        words = line.split()  # <kind ...> <calls> calls <megabytes> MB
+        if len(words) > 4 and words[-3] == "calls":
+            rows[" ".join(words[:-4])] = (int(words[-4]), float(words[-2]))
+    assert rows["gradients (replicated parameters)"] == (1, pytest.approx(4 * count_parameters(backbone) / 1e6,
+                                                                          abs=1e-3))
+    calls, megabytes = rows["BatchNorm batch statistics"]
+    assert calls == 4 * len(batchnorms)
+    assert megabytes == pytest.approx(4 * 4 * sum(m.num_features for m in batchnorms) / 1e6, abs=1e-3)
+    assert rows["embeddings of the global batch (sharded head)"] == (2, pytest.approx(2 * 5 * 512 * 4 / 1e6,
+                                                                                      abs=1e-3))
