@@ -47,7 +47,7 @@ DATA_MODES = {
     "ms1m": {"data_root": "data/faces_emore", "param_a": 0.9, "param_b": 1.2},
     # The embedded LFW subset (data/demo/README.md): sized for a few minutes on 2 CPU cores.
     "demo": {"data_root": "data/demo", "param_a": 0.87, "param_b": 1.2, "net": "MobileFaceNet",
-             "target": "lfw_demo", "batch_size": 32, "epochs": 5, "stages": "3,4", "lr": 0.05,
+             "target": "lfw_demo", "batch_size": 32, "epochs": 3, "stages": "2", "lr": 0.05,
              "eval_freq": 0, "save_freq": 200, "log_freq": 10, "num_workers": 2},
 }
 
