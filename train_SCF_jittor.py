@@ -13,7 +13,6 @@ import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on 
 import argparse
 import json
 import os
-import sys
 
 import jittor as jt
 import numpy as np
@@ -197,7 +196,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, CheckpointError) as e:  # bad input: the message names the file at fault
-        sys.exit(f"error: {e}")
+    # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError))
