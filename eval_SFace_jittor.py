@@ -20,7 +20,7 @@ import numpy as np
 from backbone import build_backbone_from_config
 from data.image_list import DataError
 from data.verification_sets import load_target
-from head.scf import ConfidenceHead
+from head.scf import load_confidence_head
 from util import distributed
 from util.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_weights, read_weights
 from util.config import parse_size, parse_workers
@@ -64,8 +64,7 @@ def load_model(args):
     load_weights(backbone, arrays, args.checkpoint)
     confidence_head = None
     if cfg.get("scf"):
-        confidence_head = ConfidenceHead(512, cfg["embedding_size"])
-        load_weights(confidence_head, read_weights(args.checkpoint, "head")[0], args.checkpoint)
+        confidence_head = load_confidence_head(read_weights(args.checkpoint, "head")[0], cfg, args.checkpoint)
     return backbone, confidence_head, cfg
 
 

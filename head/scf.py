@@ -13,6 +13,7 @@ import math
 import jittor as jt
 from jittor import nn
 
+from util.checkpoint import load_weights
 from util.vmf import kl_dirac_vmf
 
 LOG_KAPPA_FLOOR = math.log(1e-6)  # log kappa = log(1e-6 + exp(h)): kappa > 1e-6, smooth in h
@@ -43,6 +44,14 @@ class ConfidenceHead(nn.Module):
         top = jt.maximum(h, LOG_KAPPA_FLOOR)
         log_kappa = top + jt.log(jt.exp(h - top) + jt.exp(LOG_KAPPA_FLOOR - top))
         return jt.exp(log_kappa)
+
+
+def load_confidence_head(arrays, cfg, source):
+    """The trained confidence head of an SCF checkpoint (its `head/` arrays and config), in eval mode."""
+    head = ConfidenceHead(512, cfg["embedding_size"])
+    load_weights(head, arrays, source)
+    head.eval()
+    return head
 
 
 def scf_loss(kappa, cos_target, dim, radius):

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from backbone import build_backbone_from_config  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
-from head.scf import ConfidenceHead  # noqa: E402
+from head.scf import load_confidence_head  # noqa: E402
 from util.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from util.degradations import DEGRADATIONS, degrade_all  # noqa: E402
 from util.evaluation import EvalTarget, image_kappas  # noqa: E402
@@ -27,11 +27,10 @@ def kappa_table(checkpoint_path, target, batch_size=16):
     """{condition: kappa of every image} for the originals and each degradation."""
     checkpoint = load_checkpoint(checkpoint_path)
     cfg = checkpoint["meta"]["config"]
-    backbone, head = build_backbone_from_config(cfg), ConfidenceHead(512, cfg["embedding_size"])
+    backbone = build_backbone_from_config(cfg)
     load_weights(backbone, checkpoint["backbone"], checkpoint_path)
-    load_weights(head, checkpoint["head"], checkpoint_path)
     backbone.eval()
-    head.eval()
+    head = load_confidence_head(checkpoint["head"], cfg, checkpoint_path)
     images = EvalTarget(load_target(target, "."), cfg["input_hw"]).images
     conditions = {"original": images, **{how: degrade_all(images, how) for how in DEGRADATIONS}}
     with jt.no_grad():

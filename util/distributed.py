@@ -36,7 +36,7 @@ def is_main():
 def select_device(gpu_ids, workers_id):
     """--workers_id: [] = CPU, GPU ids, or None ('auto': CUDA when Jittor has it). -> 'cuda' or 'cpu'.
 
-    Which GPU a rank uses was fixed before Jittor started (util.runtime.pin_rank_gpu).
+    Which GPU a rank uses was fixed before Jittor started (util.runtime.rank_gpu).
     """
     want_gpu = bool(jt.has_cuda) if gpu_ids is None else bool(gpu_ids)
     if want_gpu and not jt.has_cuda:

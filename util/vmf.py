@@ -48,10 +48,9 @@ def kl_dirac_vmf(cos_target, kappa, dim, radius, xp):
     """KL(delta at w_y || vMF(mu, kappa)) per sample, w_y = radius * W_y / |W_y| (SCF eq. 11).
 
     = -kappa cos(mu, W_y) - nu log kappa + log I_nu(kappa) + (d/2) log 2 pi + d log r
+    = -kappa cos(mu, W_y) - log C_d(kappa) + d log r
     """
-    nu = dim / 2 - 1
-    return (-kappa * cos_target - nu * xp.log(kappa) + log_bessel_iv(nu, kappa, xp)
-            + dim / 2 * math.log(2 * math.pi) + dim * math.log(radius))
+    return -kappa * cos_target - log_vmf_normaliser(kappa, dim, xp) + dim * math.log(radius)
 
 
 def pair_scores(mu1, kappa1, mu2, kappa2, radius=64.0):
