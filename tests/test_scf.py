@@ -93,3 +93,6 @@ def test_a_checkpoint_without_class_centres_is_refused(tmp_path, tiny_face_set):
     result = subprocess.run([sys.executable, *scf_args(path, data_root, tmp_path / "scf")], cwd=REPO_ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "weights_only.npz: holds no head with class centres" in result.stderr
+    result = subprocess.run([sys.executable, QUALITY_CHECK, "--checkpoint", path, "--target", "unused"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "weights_only.npz: not an SCF checkpoint" in result.stderr

@@ -16,9 +16,10 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backbone import build_backbone_from_config  # noqa: E402
+from data.image_list import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from head.scf import load_confidence_head  # noqa: E402
-from util.checkpoint import load_checkpoint, load_weights  # noqa: E402
+from util.checkpoint import CheckpointError, load_checkpoint, load_weights  # noqa: E402
 from util.degradations import DEGRADATIONS, degrade_all  # noqa: E402
 from util.evaluation import EvalTarget, image_kappas  # noqa: E402
 
@@ -27,6 +28,8 @@ def kappa_table(checkpoint_path, target, batch_size=16):
     """{condition: kappa of every image} for the originals and each degradation."""
     checkpoint = load_checkpoint(checkpoint_path)
     cfg = checkpoint["meta"]["config"]
+    if not cfg.get("scf"):
+        raise CheckpointError(f"{checkpoint_path}: not an SCF checkpoint (train one with train_SCF_jittor.py)")
     backbone = build_backbone_from_config(cfg)
     load_weights(backbone, checkpoint["backbone"], checkpoint_path)
     backbone.eval()
@@ -44,7 +47,10 @@ def main():
     p.add_argument("--workers_id", default="cpu", help="'cpu' or a GPU id")
     args = p.parse_args()
     jt.flags.use_cuda = int(args.workers_id != "cpu" and jt.has_cuda)
-    table = kappa_table(args.checkpoint, args.target)
+    try:
+        table = kappa_table(args.checkpoint, args.target)
+    except (CheckpointError, DataError) as e:  # bad input: the message names the file at fault
+        sys.exit(f"error: {e}")
     original = table["original"]
     print(f"{'images':<12}{'mean kappa':>12}{'median':>10}{'lower than original':>22}")
     for name, kappas in table.items():
