@@ -73,6 +73,21 @@ def test_ranks_get_the_gpus_listed_in_workers_id():
         rank_gpu(1, "0,3", "0,1")
 
 
+def test_ranks_compile_kernels_one_at_a_time_unless_told_otherwise():
+    """util.runtime turns Jittor's parallel kernel compiler off in mpirun ranks (it crashed there), only there."""
+    probe = ["-c", "import util.runtime, jittor; print('threads', jittor.flags.use_parallel_op_compiler)"]
+    env = {k: v for k, v in MPI_ENV.items() if k != "use_parallel_op_compiler"}
+
+    def compile_threads(command, **extra):
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=dict(env, **extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [line.split()[1] for line in result.stdout.splitlines() if line.startswith("threads ")]
+
+    assert compile_threads(mpirun(2, *probe)) == ["0", "0"]
+    assert compile_threads([sys.executable, *probe]) == ["16"]  # Jittor's default
+    assert compile_threads(mpirun(1, *probe), use_parallel_op_compiler="4") == ["4"]
+
+
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_sharded_head_equals_the_unsharded_one(ranks):
     """7 classes and 5 samples: uneven blocks of classes and uneven batch shares."""

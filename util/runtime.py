@@ -9,6 +9,13 @@ Under mpirun, `--workers_id 0,1` means rank r uses the r-th listed GPU (cycling 
 are more ranks than ids, e.g. `--workers_id 0` puts every rank on GPU 0). Jittor picks
 its device from the local rank among the visible GPUs, so each rank is shown only its own
 GPU (CUDA_VISIBLE_DEVICES), and the ids count within what was visible before.
+
+Under mpirun, kernels are also compiled one at a time: Jittor 1.3.11's parallel kernel
+compiler crashed (SIGSEGV in a compile thread) in about 1 of 100 cold-cache launches of
+3 CPU ranks here (never seen in a single process). The ranks compile one after another anyway
+(Jittor holds a file lock on its cache while compiling), so only the rank that compiles
+first is slowed: about a third more time on a cold cache, nothing once kernels are cached.
+Export `use_parallel_op_compiler=N` to choose otherwise.
 """
 import os
 import shutil
@@ -62,6 +69,8 @@ def mpi_rank_from_environment():
 
 
 def configure_jittor_env(argv=None):
+    if mpi_rank_from_environment() is not None:
+        os.environ.setdefault("use_parallel_op_compiler", "0")
     if "nvcc_path" not in os.environ and not cuda_gpu_present():
         os.environ["nvcc_path"] = ""
         return
