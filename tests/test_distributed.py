@@ -31,8 +31,8 @@ def train_args(data_root, outdir, *extra):
             "--save_freq", "2", "--target", "none", "--workers_id", "cpu", "--num_workers", "1", *extra]
 
 
-def run(command, timeout=600):
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=MPI_ENV, timeout=timeout)
+def run(command, timeout=600, env=MPI_ENV):
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -79,9 +79,8 @@ def test_ranks_compile_kernels_one_at_a_time_unless_told_otherwise():
     env = {k: v for k, v in MPI_ENV.items() if k != "use_parallel_op_compiler"}
 
     def compile_threads(command, **extra):
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=dict(env, **extra))
-        assert result.returncode == 0, result.stderr[-3000:]
-        return [line.split()[1] for line in result.stdout.splitlines() if line.startswith("threads ")]
+        out = run(command, env=dict(env, **extra)).stdout
+        return [line.split()[1] for line in out.splitlines() if line.startswith("threads ")]
 
     assert compile_threads(mpirun(2, *probe)) == ["0", "0"]
     assert compile_threads([sys.executable, *probe]) == ["16"]  # Jittor's default

@@ -12,10 +12,10 @@ GPU (CUDA_VISIBLE_DEVICES), and the ids count within what was visible before.
 
 Under mpirun, kernels are also compiled one at a time: Jittor 1.3.11's parallel kernel
 compiler crashed (SIGSEGV in a compile thread) in about 1 of 100 cold-cache launches of
-3 CPU ranks here (never seen in a single process). The ranks compile one after another anyway
-(Jittor holds a file lock on its cache while compiling), so only the rank that compiles
-first is slowed: about a third more time on a cold cache, nothing once kernels are cached.
-Export `use_parallel_op_compiler=N` to choose otherwise.
+3 CPU ranks here (never seen in a single process). The ranks compile one after another
+anyway (Jittor holds a file lock on its cache while compiling), so only the rank that
+compiles first is slowed: about a third more time on a cold cache, nothing once kernels
+are cached. Export `use_parallel_op_compiler=N` to choose otherwise.
 """
 import os
 import shutil
@@ -69,12 +69,13 @@ def mpi_rank_from_environment():
 
 
 def configure_jittor_env(argv=None):
-    if mpi_rank_from_environment() is not None:
+    rank = mpi_rank_from_environment()
+    if rank is not None:
         os.environ.setdefault("use_parallel_op_compiler", "0")
     if "nvcc_path" not in os.environ and not cuda_gpu_present():
         os.environ["nvcc_path"] = ""
         return
-    gpu = rank_gpu(mpi_rank_from_environment(), option_value(argv if argv is not None else sys.argv, "--workers_id"),
+    gpu = rank_gpu(rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
                    os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
