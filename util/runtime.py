@@ -5,6 +5,10 @@ where that build is slow and useless. Entry points (scripts, tests) import this 
 before anything imports jittor; `nvcc_path=""` then forces the CPU build. A value the
 user already exported is left alone.
 
+With a GPU (or `SFACE_CUDA=1`, to build the CUDA code where there is none), Jittor is given
+the CUDA home and settings that `install/jittor_cuda.py home` (run by setup.sh) recorded:
+its nvcc, NCCL, and the switches that keep it from downloading anything.
+
 Under mpirun, `--workers_id 0,1` means rank r uses the r-th listed GPU (cycling when there
 are more ranks than ids, e.g. `--workers_id 0` puts every rank on GPU 0). Jittor picks
 its device from the local rank among the visible GPUs, so each rank is shown only its own
@@ -17,12 +21,14 @@ anyway (Jittor holds a file lock on its cache while compiling), so only the rank
 compiles first is slowed: about a third more time on a cold cache, nothing once kernels
 are cached. Export `use_parallel_op_compiler=N` to choose otherwise.
 """
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+CUDA_SETTINGS = os.path.join(os.path.expanduser("~"), ".cache", "sface-jittor", "cuda.json")
 
 
 def cuda_gpu_present():
@@ -68,13 +74,30 @@ def mpi_rank_from_environment():
     return None
 
 
+def apply_cuda_settings(path=CUDA_SETTINGS):
+    """Export the environment setup.sh recorded for this machine's CUDA; values already exported win."""
+    try:
+        with open(path) as f:
+            settings = json.load(f)
+    except FileNotFoundError:
+        print(f"warning: {path} is missing: run `bash setup.sh` so that Jittor builds with this machine's CUDA "
+              "toolkit and downloads nothing", file=sys.stderr)
+        return
+    for key, value in settings["env"].items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("conv_opt") == "1" and settings["cudnn"] is None:
+        print("warning: no cuDNN found: convolutions run on Jittor's own CUDA kernels, which are much slower than "
+              "cuDNN's (install nvidia-cudnn and re-run setup.sh)", file=sys.stderr)
+
+
 def configure_jittor_env(argv=None):
     rank = mpi_rank_from_environment()
     if rank is not None:
         os.environ.setdefault("use_parallel_op_compiler", "0")
-    if "nvcc_path" not in os.environ and not cuda_gpu_present():
+    if "nvcc_path" not in os.environ and not (os.environ.get("SFACE_CUDA") == "1" or cuda_gpu_present()):
         os.environ["nvcc_path"] = ""
         return
+    apply_cuda_settings()
     gpu = rank_gpu(rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
                    os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None:
