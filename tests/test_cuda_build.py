@@ -3,6 +3,7 @@ compile with this machine's CUDA toolkit and install/jittor-1.3.11-cuda.patch (i
 prove-build, in a Jittor home of its own). Runs wherever a CUDA toolkit is found; about 7 minutes on
 2 cores the first time, seconds once its objects are cached.
 """
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,19 @@ def test_cuda_core_and_externs_build_with_the_patch():
     assert proof.returncode == 0, proof.stdout + proof.stderr
     for part in ("CUDA core", "cublas extern", "cudnn extern", "curand extern", "cub extern", "cccl_probe.cu"):
         assert any(part in line and line.rstrip().endswith("built") for line in proof.stdout.splitlines()), proof.stdout
+
+
+def test_recorded_cuda_settings_are_exported_and_a_users_value_wins(tmp_path, monkeypatch, capsys):
+    from util.runtime import apply_cuda_settings
+    settings = tmp_path / "cuda.json"
+    settings.write_text(json.dumps({"cudnn": None, "env": {"nvcc_path": "/opt/cuda-home/bin/nvcc", "use_cutt": "0",
+                                                           "conv_opt": "1"}}))
+    monkeypatch.delenv("nvcc_path", raising=False)
+    monkeypatch.delenv("conv_opt", raising=False)
+    monkeypatch.setenv("use_cutt", "1")
+    apply_cuda_settings(str(settings))
+    assert os.environ["nvcc_path"] == "/opt/cuda-home/bin/nvcc" and os.environ["conv_opt"] == "1"
+    assert os.environ["use_cutt"] == "1"
+    assert "no cuDNN" in capsys.readouterr().err
+    apply_cuda_settings(str(tmp_path / "absent.json"))
+    assert "run `bash setup.sh`" in capsys.readouterr().err
