@@ -20,6 +20,7 @@ import util.runtime  # noqa: F401  (must precede jittor)
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import tempfile
@@ -27,17 +28,16 @@ import time
 
 import jittor as jt
 import numpy as np
+from jittor import nn
 
-from backbone import build_backbone
 from backbone.common import count_parameters
 from data.convert import rec_to_images
-from data.image_list import ImageListDataset, read_image_list
-from data.loader import BatchLoader, rank_share
-from head import build_head
-from train_SFace_jittor import build_model, train_step
+from data.image_list import ImageListDataset, parse_size, read_image_list
+from data.loader import BatchLoader
+from train.model import build_model
+from train.optim import SGD
+from train.steps import sface_step
 from util import distributed
-from util.config import parse_size
-from util.optim import SGD
 
 
 def timed(step, warmup, steps):
@@ -52,22 +52,36 @@ def timed(step, warmup, steps):
     return statistics.median(times)
 
 
-def train_seconds(args, with_head):
-    backbone = build_backbone(args.net, args.input_hw, args.embedding_size)
-    head = build_head("SFaceLoss", args.embedding_size, args.num_classes)
-    modules = {"backbone": backbone, "head": head} if with_head else {"backbone": backbone}
-    optimizer = SGD(modules, 0.01, 0.9, 5e-4)
-    rng = np.random.default_rng(0)
-    images = jt.array(rng.uniform(0, 255, (args.batch_size, 3, *args.input_hw)).astype(np.float32))
-    labels = jt.array(rng.integers(0, args.num_classes, args.batch_size))
-    backbone.train()
+def model_config(args):
+    """The training config the benchmark's model is built from (an SFace head, as training's default)."""
+    return {"seed": 0, "net": args.net, "input_hw": list(args.input_hw), "embedding_size": args.embedding_size,
+            "local_bn": args.local_bn, "head": "SFaceLoss", "shard_head": args.shard_head, "head_params": {},
+            "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+
+
+def random_batch(args, size, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (size, 3, *args.input_hw)).astype(np.float32),
+            rng.integers(0, args.num_classes, size))
+
+
+def train_seconds(args):
+    """(the training script's step, a step of the backbone alone on a plain loss); -> seconds, the model."""
+    model = build_model(model_config(args), args.num_classes)
+    images, labels = random_batch(args, args.batch_size, 0)
+    model.backbone.train()
 
     def step():
-        embeddings = backbone(images)
-        loss = head(embeddings, labels).loss if with_head else (embeddings * embeddings).mean()
-        optimizer.step(loss)
+        sface_step(model, 0, images, labels, 0)
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps), backbone
+    alone = SGD({"backbone": model.backbone}, 0.01, 0.9, 5e-4)
+    batch = jt.array(images)
+
+    def backbone_step():
+        embeddings = model.backbone(batch)
+        alone.step((embeddings * embeddings).mean())
+        jt.sync_all(True)
+    return timed(step, args.warmup, args.steps), timed(backbone_step, args.warmup, args.steps), model.backbone
 
 
 def embed_seconds(args, backbone):
@@ -97,25 +111,18 @@ def loader_images_per_second(args):
 def rec_conversion_images_per_second(args):
     """train.rec -> JPEG files into a temporary folder, all records once."""
     with tempfile.TemporaryDirectory() as out:
-        report = rec_to_images(args.rec, out, args.rec_workers)
+        report = rec_to_images(args.rec, out, args.processes)
     return report.images / report.seconds
 
 
-# Who issued an all-reduce (the function that called mpi_all_reduce, or its caller for our
-# flat sum) -> what the traffic is, and whether autodiff adds an equal all-reduce backward.
-TRAFFIC_KINDS = {
-    "step": ("gradients (replicated parameters)", False),
-    "all_gather_var": ("embeddings of the global batch (sharded head)", True),
-    "execute": ("BatchNorm batch statistics", True),
-    "_own_correct": ("train-accuracy bookkeeping (sharded head)", False),
-}
-
-
-def traffic_kind(frame):
-    caller = frame.f_back
-    if caller.f_code.co_name == "all_reduce_sum":
-        caller = caller.f_back
-    return TRAFFIC_KINDS.get(caller.f_code.co_name, (caller.f_code.co_name, False))
+def traffic_kind(issuer):
+    """(what an all-reduce carries, whether autodiff adds an equal one backward): as this project's helpers
+    label theirs, or Jittor's sync BatchNorm (`issuer`: the object whose method issued it)."""
+    if distributed.issuing() is not None:
+        return distributed.issuing()
+    if isinstance(issuer, nn.BatchNorm):
+        return "BatchNorm batch statistics", True
+    return f"unlabelled ({type(issuer).__name__})", False
 
 
 def recorded_all_reduces(step):
@@ -123,7 +130,7 @@ def recorded_all_reduces(step):
     issued, original = [], jt.Var.mpi_all_reduce
 
     def recording(var, *args, **kwargs):
-        kind, has_backward = traffic_kind(sys._getframe())
+        kind, has_backward = traffic_kind(sys._getframe(1).f_locals.get("self"))
         issued.extend([(kind, tuple(var.shape), var.dtype)] * (2 if has_backward else 1))
         return original(var, *args, **kwargs)
     jt.Var.mpi_all_reduce = recording
@@ -144,18 +151,13 @@ def replay_seconds(issued, warmup, steps):
 def distributed_report(args):
     """The training step under mpirun, split into compute and communication, with bytes per rank."""
     rank, world = distributed.rank(), distributed.world_size()
-    cfg = {"seed": 0, "net": args.net, "input_hw": args.input_hw, "embedding_size": args.embedding_size,
-           "local_bn": args.local_bn, "head": "SFaceLoss", "shard_head": args.shard_head, "head_params": {},
-           "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
-    backbone, head, optimizer = build_model(cfg, args.num_classes)
-    start, stop = rank_share(args.batch_size, rank, world)
-    rng = np.random.default_rng(rank)
-    images = rng.uniform(0, 255, (stop - start, 3, *args.input_hw)).astype(np.float32)
-    labels = rng.integers(0, args.num_classes, stop - start)
-    backbone.train()
+    model = build_model(model_config(args), args.num_classes)
+    start, stop = distributed.rank_share(args.batch_size, rank, world)
+    images, labels = random_batch(args, stop - start, rank)
+    model.backbone.train()
 
     def step():
-        train_step(backbone, head, optimizer, images, labels, seed=0, step=0)
+        sface_step(model, 0, images, labels, 0)
         jt.sync_all(True)
     issued = recorded_all_reduces(step)
     seconds = timed(step, args.warmup, args.steps)
@@ -166,10 +168,11 @@ def distributed_report(args):
     for kind, shape, dtype in issued:
         per_kind[kind][0] += 1
         per_kind[kind][1] += int(np.prod(shape, dtype=np.int64)) * np.dtype(str(dtype)).itemsize
-    head_rows = head.weight.shape[0]
-    split = "+".join(str(hi - lo) for lo, hi in (rank_share(args.batch_size, r, world) for r in range(world)))
+    head_rows = model.head.weight.shape[0]
+    split = "+".join(str(hi - lo) for lo, hi in (distributed.rank_share(args.batch_size, r, world)
+                                                 for r in range(world)))
     print(f"{args.net} {args.input_size} {args.embedding_size}-d, SFace head {args.num_classes} classes "
-          f"{'sharded' if head.sharded else 'replicated'}, BatchNorm {'per rank' if args.local_bn else 'synchronised'}"
+          f"{'sharded' if model.head.sharded else 'replicated'}, BatchNorm {'per rank' if args.local_bn else 'synchronised'}"
           f"; global batch {args.batch_size} over {world} ranks ({split}); "
           f"{'cuda' if jt.flags.use_cuda else 'cpu'}; median of {args.steps} steps after {args.warmup} warm-up")
     print(f"  {'training step':<48}{seconds * 1e3:10.1f} ms  ({args.batch_size / seconds:.1f} img/s in all)")
@@ -191,26 +194,28 @@ def main():
     p.add_argument("--input_size", default="112x112")
     p.add_argument("--embedding_size", type=int, default=512)
     p.add_argument("--num_classes", type=int, default=10572, help="class centres in the SFace head (CASIA: 10572)")
-    p.add_argument("--workers_id", default="auto", help="'cpu', a GPU id, or 'auto'")
+    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--data_root", default="", help="also time the image-list loader on this folder")
-    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads of the loader")
     p.add_argument("--rec", default="",
                    help="also time converting this train.rec/.idx folder to JPEG files (all of it, into a temp folder)")
-    p.add_argument("--rec_workers", type=int, default=4, help="conversion processes")
+    p.add_argument("--processes", type=int, default=os.cpu_count(), help="converter processes (default: one per "
+                                                                           "CPU core)")
     p.add_argument("--shard_head", action="store_true", help="under mpirun: split the class centres over the ranks")
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
     args = p.parse_args()
-    args.input_hw = parse_size(args.input_size)
-    jt.flags.use_cuda = int(jt.has_cuda and args.workers_id != "cpu")
-    device = "cuda" if jt.flags.use_cuda else "cpu"
+    try:
+        args.input_hw = parse_size(args.input_size)
+    except ValueError as e:
+        p.error(str(e))
+    device = distributed.select_device(args.workers_id)
     if distributed.world_size() > 1:
         distributed_report(args)
         return
 
-    with_head, backbone = train_seconds(args, with_head=True)
-    alone, _ = train_seconds(args, with_head=False)
+    with_head, alone, backbone = train_seconds(args)
     embed = embed_seconds(args, backbone)
     b = args.batch_size
     print(f"{args.net} {args.input_size} {args.embedding_size}-d ({count_parameters(backbone):,} parameters), "
@@ -224,7 +229,7 @@ def main():
         label = f"image-list loader, {args.num_workers} threads"
         print(f"  {label:<44} {loader_images_per_second(args):9.1f} img/s")
     if args.rec:
-        label = f".rec -> JPEG conversion, {args.rec_workers} processes"
+        label = f".rec -> JPEG conversion, {args.processes} processes"
         print(f"  {label:<44} {rec_conversion_images_per_second(args):9.1f} img/s")
 
 

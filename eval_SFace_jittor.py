@@ -17,15 +17,14 @@ import os
 
 import numpy as np
 
-from backbone import build_backbone_from_config
-from data.image_list import DataError
+from data.image_list import DataError, parse_size
 from data.verification_sets import load_target
-from head.scf import load_confidence_head
+from evaluation.embedding import EvalTarget, protocol_report, target_features
+from evaluation.roc_plot import save_roc_plot
+from evaluation.scf_scoring import scf_report
+from train.checkpoint import CheckpointError
+from train.model import load_model
 from util import distributed
-from util.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_weights, read_weights
-from util.config import parse_size, parse_workers
-from util.evaluation import EvalTarget, protocol_report, scf_report, target_features
-from util.roc_plot import save_roc_plot
 
 
 def parse_args(argv=None):
@@ -41,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=0, help="images per forward pass on each rank "
                                                           "(default: 16 on CPU, where small batches run fastest; 256 on GPU)")
     p.add_argument("--no_flip", action="store_true", help="embed the images only, not their mirror images too")
-    p.add_argument("--workers_id", default="auto", help="GPU ids for the ranks, 'cpu', or 'auto'")
+    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
     p.add_argument("--save_features", action="store_true",
@@ -51,21 +50,11 @@ def parse_args(argv=None):
         p.error(f"--batch_size must be positive, got {args.batch_size}")
     if not args.checkpoint.endswith(".npz") and not args.net:
         p.error("a .pkl checkpoint does not say which backbone it holds: give --net")
+    try:
+        args.input_hw = list(parse_size(args.input_size))
+    except ValueError as e:
+        p.error(str(e))
     return args
-
-
-def load_model(args):
-    """-> (backbone, SCF confidence head or None, config)."""
-    arrays, cfg = read_weights(args.checkpoint, "backbone")
-    if cfg is None:  # an official SFace-Jittor .pkl
-        cfg = {"net": args.net, "input_hw": list(parse_size(args.input_size)), "embedding_size": args.embedding_size,
-               "input_norm": OFFICIAL_JITTOR_INPUT_NORM}
-    backbone = build_backbone_from_config(cfg)
-    load_weights(backbone, arrays, args.checkpoint)
-    confidence_head = None
-    if cfg.get("scf"):
-        confidence_head = load_confidence_head(read_weights(args.checkpoint, "head")[0], cfg, args.checkpoint)
-    return backbone, confidence_head, cfg
 
 
 def print_table(reports):
@@ -81,9 +70,10 @@ def print_table(reports):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = distributed.select_device(parse_workers(args.workers_id), args.workers_id)
+    device = distributed.select_device(args.workers_id)
     batch_size = args.batch_size or (256 if device == "cuda" else 16)
-    backbone, confidence_head, cfg = load_model(args)
+    pkl_config = {"net": args.net, "input_hw": args.input_hw, "embedding_size": args.embedding_size}
+    backbone, confidence_head, cfg, _ = load_model(args.checkpoint, pkl_config)
     reports = []
     os.makedirs(args.outdir, exist_ok=True)
     for name in [t.strip() for t in args.target.split(",") if t.strip()]:

@@ -67,6 +67,7 @@ class BottleneckIR(nn.Module):
 
 class IResNet(nn.Module):
     """Input N x 3 x H x W (RGB, 0..255) with H x W = 112x112 or 112x96; output N x embedding_size."""
+    feature_channels = 512  # width of the map `features` returns
 
     def __init__(self, num_layers, input_size=(112, 112), embedding_size=512, use_se=False,
                  dropout=0.5, input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):

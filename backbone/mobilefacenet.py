@@ -61,6 +61,7 @@ class Residual(nn.Module):
 
 class MobileFaceNet(nn.Module):
     """Input N x 3 x H x W (RGB, 0..255), H x W = 112x112 or 112x96; output N x embedding_size."""
+    feature_channels = 512  # width of the map `features` returns
 
     def __init__(self, input_size=(112, 112), embedding_size=512,
                  input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):

@@ -44,6 +44,7 @@ def stage(in_channels, channels, num_units):
 
 class SphereNet(nn.Module):
     """Input N x 3 x H x W (RGB, 0..255), default 112x96; output N x embedding_size."""
+    feature_channels = 512  # width of the map `features` returns
 
     def __init__(self, num_layers=20, input_size=(112, 96), embedding_size=512,
                  input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):

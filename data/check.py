@@ -58,7 +58,7 @@ def repeated_paths(paths):
     return repeats
 
 
-def check_list(root, input_size=(112, 112), threads=8):
+def check_list(root, input_size=(112, 112), num_workers=4):
     """Read every image of `root`/imgs.txt; the expected size is `property`'s when there is one."""
     image_list = read_image_list(root)
     dataset = ImageListDataset(image_list, image_list.image_size or input_size)
@@ -70,7 +70,7 @@ def check_list(root, input_size=(112, 112), threads=8):
     pending = [i for i in range(len(dataset)) if i not in found]
     chunks = [pending[i:i + CHUNK] for i in range(0, len(pending), CHUNK)]
     bar = tqdm(total=len(pending), unit="img", dynamic_ncols=True, disable=None)  # None: off when not a TTY
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV decodes without holding the GIL
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:  # OpenCV decodes without holding the GIL
         for chunk, results in zip(chunks, pool.map(lambda c: [image_problem(dataset, i) for i in c], chunks)):
             found.update((index, result) for index, result in zip(chunk, results) if result)
             bar.update(len(chunk))

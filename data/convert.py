@@ -79,11 +79,11 @@ def convert_records(rec_path, out, records):
     return results
 
 
-def run_chunks(task, chunks, workers, total):
-    """task(chunk) over `chunks` in order, on `workers` processes (1: in this one), with a progress bar."""
+def run_chunks(task, chunks, processes, total):
+    """task(chunk) over `chunks` in order, on `processes` processes (1: in this one), with a progress bar."""
     # fork: a worker needs only the record reader, and starts at once even when the caller
     # imported jittor (spawn would import the calling script again in every worker)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) if processes > 1 else None
     bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=None)  # None: off when not a TTY
     results = []
     try:
@@ -131,7 +131,7 @@ def output_class_count(rec_root, labels):
     return num_classes
 
 
-def rec_to_images(rec_root, out, workers=os.cpu_count()):
+def rec_to_images(rec_root, out, processes=os.cpu_count()):
     """`rec_root`/train.rec + train.idx -> `out`/<label>/<key>.jpg, imgs.txt (by key), property.
 
     Images are written under a temporary name and renamed, and a file already holding an
@@ -145,7 +145,7 @@ def rec_to_images(rec_root, out, workers=os.cpu_count()):
     os.makedirs(out, exist_ok=True)
     records = list(zip(keys.tolist(), offsets.tolist()))
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
-    results = run_chunks(partial(convert_records, rec_path, out), chunks, workers, len(records))
+    results = run_chunks(partial(convert_records, rec_path, out), chunks, processes, len(records))
     offset_of = dict(records)
     bad = [(key, offset_of[key], outcome) for key, _, _, outcome in results if outcome not in (CONVERTED, EXISTING)]
     written = [(key, label, size) for key, label, size, outcome in results if outcome in (CONVERTED, EXISTING)]

@@ -121,6 +121,15 @@ def decode_image(data):
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def parse_size(text):
+    """'112x96' -> (112, 96): a network input size, as every command line writes it."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input_size must look like 112x112, got '{text}'") from None
+    return height, width
+
+
 def fit_width(image, width):
     """Cut equal margins off both sides: 112x112 aligned faces -> the 112x96 SphereFace crop."""
     margin = (image.shape[1] - width) // 2

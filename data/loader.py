@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from util.distributed import rank_share
+
 from .image_list import DataError
 
 log = logging.getLogger("sface")
@@ -23,13 +25,6 @@ def epoch_order(num_samples, seed, epoch):
     """(permutation, flips) of one epoch."""
     rng = np.random.default_rng([seed, epoch])
     return rng.permutation(num_samples), rng.random(num_samples) < 0.5
-
-
-def rank_share(batch_size, rank, world_size):
-    """[start, stop) of `rank`'s part of a global batch of `batch_size` samples."""
-    base, extra = divmod(batch_size, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
 
 
 class BatchLoader:

@@ -4,46 +4,45 @@ Every head is called as `head(embeddings, labels, step)` and returns a `HeadOutp
 `shard=True` splits SFace's class centres over the MPI ranks (`ShardedSFaceHead`); the
 softmax heads cannot be split that simply (their normalisation spans every class).
 """
+from collections import namedtuple
 from functools import partial
 
 from .margin import AdditiveCosineHead, ArcFaceHead, SoftmaxHead, SphereFaceHead
 from .sface import SFaceHead, ShardedSFaceHead
 
-# The --param_<x> options each head takes (SFace: scale s, slope k, centres a and b; margin heads: s, m).
-HEAD_PARAMS = {
-    "SFaceLoss": ("s", "k", "a", "b"),
-    "Softmax": (),
-    "CosFace": ("s", "m"),
-    "AMSoftmax": ("s", "m"),
-    "ArcFace": ("s", "m"),
-    "SphereFace": ("m",),
-}
+# params: the --param_<x> options the head takes (SFace: scale s, slope k, centres a and b; margin
+# heads: s, m); sharded: the class splitting its centres over the ranks, or None.
+HeadKind = namedtuple("HeadKind", "build params sharded")
 
 HEADS = {
-    "SFaceLoss": SFaceHead,
-    "Softmax": SoftmaxHead,
-    "CosFace": AdditiveCosineHead,
-    "AMSoftmax": partial(AdditiveCosineHead, s=30.0, m=0.35),
-    "ArcFace": ArcFaceHead,
-    "SphereFace": SphereFaceHead,
+    "SFaceLoss": HeadKind(SFaceHead, ("s", "k", "a", "b"), ShardedSFaceHead),
+    "Softmax": HeadKind(SoftmaxHead, (), None),
+    "CosFace": HeadKind(AdditiveCosineHead, ("s", "m"), None),
+    "AMSoftmax": HeadKind(partial(AdditiveCosineHead, s=30.0, m=0.35), ("s", "m"), None),
+    "ArcFace": HeadKind(ArcFaceHead, ("s", "m"), None),
+    "SphereFace": HeadKind(SphereFaceHead, ("m",), None),
 }
 
 
-SHARDABLE = {"SFaceLoss": ShardedSFaceHead}
+def head_params(name, params, shard=False):
+    """Check a head's name, parameters and shardability; -> its parameters as the head takes them."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head '{name}'; choose from {', '.join(HEADS)}")
+    kind = HEADS[name]
+    unknown = sorted(set(params) - set(kind.params))
+    if unknown:
+        raise ValueError(f"head {name} takes no parameter {', '.join(unknown)}")
+    if shard and kind.sharded is None:
+        raise ValueError(f"head {name} cannot be sharded (the softmax heads normalise over every class); only "
+                         f"{', '.join(n for n, k in HEADS.items() if k.sharded)} can")
+    return {k: int(v) if name == "SphereFace" else v for k, v in params.items()}  # SphereFace's m is an integer
 
 
 def build_head(name, embedding_size, num_classes, seed=0, shard=False, **params):
-    """`params` are the head's own (see HEAD_PARAMS); the ones left out keep the head's defaults.
+    """`params` are the head's own (see HEADS); the ones left out keep the head's defaults.
 
     `seed` fixes the class centres' initial values (the same whether sharded or not).
     """
-    if name not in HEADS:
-        raise ValueError(f"unknown head '{name}'; choose from {', '.join(HEADS)}")
-    unknown = set(params) - set(HEAD_PARAMS[name])
-    if unknown:
-        raise ValueError(f"head {name} takes no parameter {', '.join(sorted(unknown))}")
-    if shard and name not in SHARDABLE:
-        raise ValueError(f"head {name} cannot be sharded; only {', '.join(SHARDABLE)} can")
-    if name == "SphereFace" and "m" in params:
-        params["m"] = int(params["m"])
-    return (SHARDABLE if shard else HEADS)[name](embedding_size, num_classes, seed=seed, **params)
+    params = head_params(name, params, shard)
+    kind = HEADS[name]
+    return (kind.sharded if shard else kind.build)(embedding_size, num_classes, seed=seed, **params)

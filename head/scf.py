@@ -13,16 +13,15 @@ import math
 import jittor as jt
 from jittor import nn
 
-from util.checkpoint import load_weights
-from util.vmf import kl_dirac_vmf
+from .vmf import kl_dirac_vmf
 
 LOG_KAPPA_FLOOR = math.log(1e-6)  # log kappa = log(1e-6 + exp(h)): kappa > 1e-6, smooth in h
 
 
 class ConfidenceHead(nn.Module):
-    """N x C x H x W feature map -> N kappa values (> 0)."""
+    """N x C x H x W feature map (C: the backbone's `feature_channels`) -> N kappa values (> 0)."""
 
-    def __init__(self, channels=512, embedding_size=512):
+    def __init__(self, channels, embedding_size=512):
         self.convs = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -46,12 +45,9 @@ class ConfidenceHead(nn.Module):
         return jt.exp(log_kappa)
 
 
-def load_confidence_head(arrays, cfg, source):
-    """The trained confidence head of an SCF checkpoint (its `head/` arrays and config), in eval mode."""
-    head = ConfidenceHead(512, cfg["embedding_size"])
-    load_weights(head, arrays, source)
-    head.eval()
-    return head
+def feature_channels(arrays):
+    """The feature-map width a trained confidence head reads, from its arrays (first conv: C x C x 3 x 3)."""
+    return int(arrays["convs.0.weight"].shape[1])
 
 
 def scf_loss(kappa, cos_target, dim, radius):

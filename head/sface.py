@@ -10,10 +10,13 @@ centres and the blocks' sums simply add up (`ShardedSFaceHead`).
 import jittor as jt
 import numpy as np
 
-from data.loader import rank_share
 from util import distributed
 
 from .common import ClassCentres, HeadOutput, centre_rows, cosine, count_correct, mean_cosines, target_mask
+
+# What the sharded head's collectives carry (the benchmark's traffic report names them so).
+EMBEDDINGS = "embeddings of the global batch (sharded head)"
+BOOKKEEPING = "train-accuracy bookkeeping (sharded head)"
 
 
 def sface_weights(cos, mask, k, a, b):
@@ -61,7 +64,7 @@ class SFaceHead(ClassCentres):
 class ShardedSFaceHead(ClassCentres):
     """SFace with its class centres split over the MPI ranks (model parallelism, exact).
 
-    Rank r holds the classes [start, stop) of `rank_share(C, r, N)`, padded to ceil(C / N)
+    Rank r holds the classes [start, stop) of `distributed.rank_share(C, r, N)`, padded to ceil(C / N)
     rows so that every rank builds a graph of the same shapes (the padding rows count for
     nothing). The ranks' embeddings are gathered into the global batch, each rank scores it
     against its block, and the gradient with respect to the embeddings flows back to the
@@ -78,9 +81,9 @@ class ShardedSFaceHead(ClassCentres):
         rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         self.num_classes = num_classes
-        self.block_sizes = [hi - lo for lo, hi in (rank_share(num_classes, r, self.world_size)
+        self.block_sizes = [hi - lo for lo, hi in (distributed.rank_share(num_classes, r, self.world_size)
                                                     for r in range(self.world_size))]
-        self.start, self.stop = rank_share(num_classes, rank, self.world_size)
+        self.start, self.stop = distributed.rank_share(num_classes, rank, self.world_size)
         own = centre_rows(num_classes, embedding_size, self.start, self.stop, seed)
         padding = np.full((max(self.block_sizes) - len(own), embedding_size), 0.1, np.float32)
         self.weight = jt.array(np.concatenate([own, padding]))
@@ -89,7 +92,7 @@ class ShardedSFaceHead(ClassCentres):
     def execute(self, embeddings, labels, step=0):
         counts = distributed.gather_counts(embeddings.shape[0])
         all_labels = jt.array(distributed.all_gather_rows(labels.numpy().astype(np.int64), counts))
-        gathered = distributed.all_gather_var(embeddings, counts)  # B x D, the global batch
+        gathered = distributed.all_gather_var(embeddings, counts, EMBEDDINGS)  # B x D, the global batch
         batch = gathered.shape[0]
         cos = cosine(gathered, self.weight)  # B x rows
         valid = (jt.arange(cos.shape[1]) < self.stop - self.start).float32().unsqueeze(0)
@@ -105,9 +108,9 @@ class ShardedSFaceHead(ClassCentres):
     def _own_correct(self, cos, mask, others, counts):
         """How many of this rank's own samples have their target cosine above every other class's, on any rank."""
         cos = cos.detach()  # not stop_grad(): that one flags `cos` itself and would cut the loss's gradient
-        target = distributed.all_reduce_sum([(mask * cos).sum(dim=1)])[0]  # known to every rank
+        target = distributed.all_reduce_sum([(mask * cos).sum(dim=1)], BOOKKEEPING)[0]  # known to every rank
         best_other = (others * cos - 3.0 * (1.0 - others)).max(dim=1)  # -3: no competitor in this block
-        blocks_beaten = distributed.all_reduce_sum([(target >= best_other).float32()])[0]
+        blocks_beaten = distributed.all_reduce_sum([(target >= best_other).float32()], BOOKKEEPING)[0]
         start = sum(counts[:distributed.rank()])
         own = blocks_beaten[start:start + counts[distributed.rank()]]
         return (own >= self.world_size - 0.5).sum()

@@ -17,9 +17,9 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data.loader import rank_share  # noqa: E402
 from head import build_head  # noqa: E402
 from util import distributed  # noqa: E402
+from util.distributed import rank_share  # noqa: E402
 
 NUM_CLASSES, DIM, BATCH = 7, 16, 5  # 7 classes and 5 samples split unevenly over 2 or 3 ranks
 

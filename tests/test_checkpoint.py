@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from util.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, read_weights,
+from train.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, read_weights,
                               save_checkpoint)
 
 

@@ -97,7 +97,7 @@ def flawed_list(root):
 
 def test_checker_reports_every_problem_with_its_line(tmp_path):
     flawed_list(tmp_path)
-    check = check_list(str(tmp_path), threads=2)
+    check = check_list(str(tmp_path), num_workers=2)
     found = [(check.dataset.image_list.line_numbers[i], kind, reason) for i, kind, reason in check.problems]
     assert found == [(2, "missing", "cannot read: No such file or directory"),
                      (4, "undecodable", "not a decodable image"),

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from data.loader import epoch_order, rank_share
-from util.checkpoint import load_checkpoint
+from data.loader import epoch_order
+from train.checkpoint import load_checkpoint
+from util.distributed import rank_share
 from util.runtime import rank_gpu
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")

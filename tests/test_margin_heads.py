@@ -5,7 +5,7 @@ import jittor as jt
 import numpy as np
 import pytest
 
-from head import HEAD_PARAMS, build_head
+from head import HEADS, build_head
 from head.margin import sphereface_lambda
 
 
@@ -126,7 +126,7 @@ def test_sphereface_psi_is_monotonic_and_lambda_anneals():
 
 
 def test_heads_take_only_their_own_parameters():
-    assert set(HEAD_PARAMS) == set(MARGIN_HEADS) | {"SFaceLoss"}
+    assert set(HEADS) == set(MARGIN_HEADS) | {"SFaceLoss"}
     with pytest.raises(ValueError, match="head ArcFace takes no parameter k"):
         build_head("ArcFace", 8, 3, k=80)
     assert build_head("CosFace", 8, 3, m=0.2).m == 0.2

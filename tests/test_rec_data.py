@@ -178,7 +178,7 @@ def test_truncated_and_corrupt_records_are_reported_and_the_rest_kept(tmp_path):
     data[offsets[4]:offsets[4] + 4] = b"\x00" * 4  # record 4: bad magic
     rec.write_bytes(bytes(data[:offsets[-1] + 100]))  # the last record loses most of its bytes
     last = len(samples) - 1
-    report = rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), workers=2)
+    report = rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), processes=2)
     assert [(key, offset) for key, offset, _ in report.bad] == [(4, offsets[4]), (last, offsets[-1])]
     assert "bad magic 0x00000000" in report.bad[0][2] and "truncated: 92 of" in report.bad[1][2]
     assert report.converted == len(samples) - 2
@@ -196,7 +196,7 @@ def test_an_interrupted_conversion_resumed_matches_an_uninterrupted_one(tmp_path
     samples = face_samples()
     insightface_rec(tmp_path / "rec", samples, header=True)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    rec_to_images(str(tmp_path / "rec"), str(straight), workers=1)
+    rec_to_images(str(tmp_path / "rec"), str(straight), processes=1)
     expected = output_files(straight)
 
     # what a run killed mid-way leaves: some images done, one half-written under its temporary
@@ -210,10 +210,10 @@ def test_an_interrupted_conversion_resumed_matches_an_uninterrupted_one(tmp_path
     (resumed / (images[6] + ".part")).write_bytes(expected[images[6]][:500])
     (resumed / images[5]).write_bytes(expected[images[5]][:300])
 
-    report = rec_to_images(str(tmp_path / "rec"), str(resumed), workers=2)
+    report = rec_to_images(str(tmp_path / "rec"), str(resumed), processes=2)
     assert (report.converted, report.existing) == (len(images) - 5, 5)
     assert output_files(resumed) == expected
-    again = rec_to_images(str(tmp_path / "rec"), str(resumed), workers=1)
+    again = rec_to_images(str(tmp_path / "rec"), str(resumed), processes=1)
     assert (again.converted, again.existing) == (0, len(images)) and output_files(resumed) == expected
 
 
@@ -224,7 +224,7 @@ def test_stray_files_in_the_output_fail_the_count_check(tmp_path):
     (tmp_path / "out" / "0" / "999.jpg").write_bytes(b"from another set")
     count = len(samples)
     with pytest.raises(DataError, match=f"out: {count + 1} files in the label folders for {count} converted images"):
-        rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), workers=1)
+        rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), processes=1)
     assert not (tmp_path / "out" / "imgs.txt").exists()
 
 
@@ -232,7 +232,7 @@ def test_stray_files_in_the_output_fail_the_count_check(tmp_path):
 
 def test_rec_dataset_serves_what_the_converted_list_serves(tmp_path):
     insightface_rec(tmp_path / "rec", face_samples(), header=True, multi_label=True)
-    rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), workers=1)
+    rec_to_images(str(tmp_path / "rec"), str(tmp_path / "out"), processes=1)
     from_rec = open_training_set(str(tmp_path / "rec"), (112, 96))
     from_list = open_training_set(str(tmp_path / "out"), (112, 96))
     assert isinstance(from_rec, RecDataset) and isinstance(from_list, ImageListDataset)
@@ -284,7 +284,7 @@ def test_rec_to_images_command(tmp_path):
     samples = face_samples()
     insightface_rec(tmp_path / "rec", samples, header=True)
     tool = [sys.executable, os.path.join(REPO_ROOT, "tools", "data_tools.py"), "rec-to-images", "--rec",
-            str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--workers", "2"]
+            str(tmp_path / "rec"), "--out", str(tmp_path / "out"), "--processes", "2"]
     result = subprocess.run(tool, capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
     assert f"{len(samples)} image records: {len(samples)} converted, 0 already there, 0 bad; 3 classes, 112x112" \
@@ -292,7 +292,7 @@ def test_rec_to_images_command(tmp_path):
     rec = tmp_path / "rec" / "train.rec"
     _, offsets = read_idx(str(tmp_path / "rec" / "train.idx"))
     rec.write_bytes(rec.read_bytes()[:offsets[3] + 50])  # image record 3 and everything after it cut off
-    result = subprocess.run(tool[:-3] + [str(tmp_path / "cut"), "--workers", "2"], capture_output=True, text=True)
+    result = subprocess.run(tool[:-3] + [str(tmp_path / "cut"), "--processes", "2"], capture_output=True, text=True)
     assert result.returncode == 1
     assert f"2 converted, 0 already there, {len(samples) - 2} bad" in result.stdout
     assert f"bad record: {rec} record 3 (offset {offsets[3]}): truncated: 42 of" in result.stderr

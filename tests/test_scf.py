@@ -7,8 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, small_pairs_folder
-from util.checkpoint import load_checkpoint
+from backbone import build_backbone_from_config
+from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
+from data.image_list import read_image_list
+from train.checkpoint import load_checkpoint, module_arrays, save_checkpoint
+from train.config import SFACE, configure
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
 TRAIN_SCF = os.path.join(REPO_ROOT, "train_SCF_jittor.py")
@@ -55,7 +58,8 @@ def test_scf_resumes_exactly(frozen_model, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(*scf_args(source, data_root, straight))
     run(*scf_args(source, data_root, resumed, "--max_steps", "3"))
-    run(TRAIN_SCF, "--resume", str(resumed), "--workers_id", "cpu")
+    # a resumed run keeps the checkpoint's --max_steps unless given one, as training does
+    run(TRAIN_SCF, "--resume", str(resumed), "--workers_id", "cpu", "--max_steps", "0")
     a, b = load_checkpoint(str(straight / "last.npz")), load_checkpoint(str(resumed / "last.npz"))
     assert a["meta"]["progress"] == b["meta"]["progress"]
     for part in ("head", "optimizer"):
@@ -82,17 +86,58 @@ def test_evaluation_scores_scf_pairs_and_stores_kappa(frozen_model, tmp_path):
     assert all(float(values[0]) > 0 for values in rows.values())
 
 
-def test_a_checkpoint_without_class_centres_is_refused(tmp_path, tiny_face_set):
-    from backbone import build_backbone_from_config
-    from util.checkpoint import module_arrays, save_checkpoint
-    data_root, _ = tiny_face_set(classes=4, per_class=4)
+def weights_checkpoint(path, head=None):
+    """An untrained MobileFaceNet (and the given head arrays) stored as weights only, as the importer does."""
     cfg = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 512,
            "input_norm": [127.5, 1 / 128]}
-    path = str(tmp_path / "weights_only.npz")
-    save_checkpoint(path, {"config": cfg}, module_arrays(build_backbone_from_config(cfg)), {})
+    save_checkpoint(str(path), {"config": cfg}, module_arrays(build_backbone_from_config(cfg)), head or {})
+    return str(path)
+
+
+def test_a_checkpoint_without_class_centres_is_refused(tmp_path, tiny_face_set):
+    data_root, _ = tiny_face_set(classes=4, per_class=4)
+    path = weights_checkpoint(tmp_path / "weights_only.npz")
     result = subprocess.run([sys.executable, *scf_args(path, data_root, tmp_path / "scf")], cwd=REPO_ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "weights_only.npz: holds no head with class centres" in result.stderr
     result = subprocess.run([sys.executable, QUALITY_CHECK, "--checkpoint", path, "--target", "unused"],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "weights_only.npz: not an SCF checkpoint" in result.stderr
+
+
+def test_a_resumed_scf_run_takes_the_overridable_options_it_is_given(frozen_model, tmp_path):
+    source, data_root = frozen_model
+    outdir = tmp_path / "scf"
+    run(*scf_args(source, data_root, outdir, "--max_steps", "3"))  # 4 epochs of 2 batches, logged every 2
+    run(TRAIN_SCF, "--resume", str(outdir), "--workers_id", "cpu", "--epochs", "3", "--max_steps", "0",
+        "--log_freq", "1")
+    assert load_checkpoint(str(outdir / "last.npz"))["meta"]["progress"] == {"epoch": 3, "batch": 0, "step": 6}
+    with open(outdir / "metrics.jsonl") as f:
+        assert [r["step"] for r in map(json.loads, f)] == [2, 4, 5, 6]
+
+
+def test_each_training_script_resumes_only_its_own_kind_of_checkpoint(frozen_model, tmp_path):
+    source, data_root = frozen_model
+    run(*scf_args(source, data_root, tmp_path / "scf", "--max_steps", "1"))
+    for script, path, message in ((TRAIN_SCF, source, f"{source}: not an SCF checkpoint"),
+                                  (TRAIN, tmp_path / "scf" / "last.npz", "an SCF checkpoint; resume it with "
+                                                                          "train_SCF_jittor.py")):
+        result = subprocess.run([sys.executable, script, "--resume", str(path), "--workers_id", "cpu"],
+                                cwd=REPO_ROOT, capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr, \
+            result.stderr[-2000:]
+
+
+def test_data_mode_demo_means_the_same_in_both_training_scripts(tmp_path):
+    """The demo preset sets the data root and the run's size alike in SFace and SCF training."""
+    classes = read_image_list(DEMO_ROOT).num_classes
+    centres = {"weight": np.random.default_rng(0).standard_normal((classes, 512)).astype(np.float32)}
+    source = weights_checkpoint(tmp_path / "demo_model.npz", centres)
+    run(TRAIN_SCF, "--checkpoint", source, "--data_mode", "demo", "--max_steps", "1", "--workers_id", "cpu",
+        "--outdir", str(tmp_path / "scf"))
+    with open(tmp_path / "scf" / "config.json") as f:
+        scf = json.load(f)
+    sface = configure(SFACE, ["--data_mode", "demo"])[0]
+    shared = ("data_root", "batch_size", "num_workers", "log_freq", "save_freq")
+    assert {k: scf[k] for k in shared} == {k: sface[k] for k in shared}
+    assert scf["data_root"] == DEMO_ROOT and scf["batch_size"] == 32

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
-from util.checkpoint import load_backbone, load_checkpoint
-from util.config import DATA_MODES, parse_config
+from train.checkpoint import load_checkpoint
+from train.config import SFACE, configure
+from train.model import load_backbone
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
+
+
+def parse_config(argv):
+    return configure(SFACE, argv)[0]
 
 
 def train_args(data_root, outdir, *extra):
@@ -28,7 +33,7 @@ def read_metrics(outdir, kind):
 
 def test_every_data_mode_resolves_with_its_recommended_a_b():
     expected = {"casia": (0.87, 1.2), "vgg": (0.88, 1.25), "ms1m": (0.9, 1.2)}
-    for mode in DATA_MODES:
+    for mode in SFACE.presets:
         cfg = parse_config(["--data_mode", mode])
         assert os.path.isabs(cfg["data_root"]) and cfg["data_root"].startswith(REPO_ROOT)
         if mode in expected:
@@ -163,3 +168,22 @@ def test_head_options_are_checked():
         parse_config(["--head", "CosFace", "--param_k", "3"])
     with pytest.raises(SystemExit):
         parse_config(["--head", "NoSuchHead"])
+
+
+def test_a_resumed_run_takes_the_overridable_options_it_is_given(tiny_face_set, tmp_path):
+    """--target and --eval_root (and the other options README lists) given to --resume replace the checkpoint's."""
+    import train_SFace_jittor
+    data_root, _ = tiny_face_set(classes=4, per_class=4)  # 4 batches of 4 per epoch
+    small_pairs_folder(str(tmp_path / "targets" / "mini"))
+    outdir = tmp_path / "run"
+    train_SFace_jittor.main(train_args(data_root, outdir, "--epochs", "3", "--max_steps", "2", "--log_freq", "1",
+                                       "--target", "none"))
+    train_SFace_jittor.main(["--resume", str(outdir), "--workers_id", "cpu", "--target", "mini", "--eval_root",
+                             str(tmp_path / "targets"), "--epochs", "1", "--max_steps", "0", "--log_freq", "2",
+                             "--save_freq", "3", "--num_workers", "1"])
+    assert [(r["target"], r["step"]) for r in read_metrics(outdir, "eval")] == [("mini", 4)]
+    assert [r["step"] for r in read_metrics(outdir, "train")] == [1, 2, 4]
+    cfg = load_checkpoint(str(outdir / "last.npz"))["meta"]["config"]
+    assert cfg["targets"] == ["mini"] and cfg["eval_root"] == str(tmp_path / "targets")
+    assert (cfg["epochs"], cfg["max_steps"], cfg["log_freq"], cfg["save_freq"], cfg["num_workers"]) == (1, 0, 2, 3, 1)
+    assert {"target", "eval_root", "epochs"} <= set(cfg["given"])

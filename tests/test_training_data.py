@@ -8,7 +8,8 @@ import pytest
 
 from conftest import write_image_list
 from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
-from data.loader import BatchLoader, epoch_order, rank_share
+from data.loader import BatchLoader, epoch_order
+from util.distributed import rank_share
 
 
 def write_jpeg(path, height=112, width=112, value=128):

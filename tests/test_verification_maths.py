@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
-from util.verification import (EUCLIDEAN_THRESHOLDS, contiguous_folds, flip_fused, kfold_accuracy, pair_distances,
+from evaluation.protocol import (EUCLIDEAN_THRESHOLDS, contiguous_folds, flip_fused, kfold_accuracy, pair_distances,
                                roc_figures, score_thresholds, verification_report, xnorm)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from data.image_list import DataError
 from data.verification_sets import load_bin, load_pairs_folder, load_target, parse_pairs_txt
-from util.evaluation import EvalTarget
+from evaluation.embedding import EvalTarget
 
 
 def jpeg(value, height=112, width=112):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import gammaln, ive, logsumexp
 
-from util.vmf import kl_dirac_vmf, log_bessel_iv, pair_scores, pool_template
+from evaluation.scf_scoring import pair_scores, pool_template
+from head.vmf import kl_dirac_vmf, log_bessel_iv
 
 NU = 255.0  # d = 512
 KAPPAS = np.logspace(0, 5, 241)  # 1 .. 1e5

@@ -1,6 +1,7 @@
 """Foreign weights: the torch-free PyTorch reader and the exact importers."""
 import io
 import pickle
+import subprocess
 import sys
 import types
 import zipfile
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from util.checkpoint import load_weights, module_arrays
-from util.torch_pickle import LEGACY_MAGIC, load_torch_file
-from util.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
-                                set_batchnorm)
+from conftest import REPO_ROOT
+from interop.torch_pickle import LEGACY_MAGIC, load_torch_file
+from interop.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
+                                   set_batchnorm)
+from train.checkpoint import load_weights, module_arrays
+from train.model import load_backbone
 
 
 # ---- a minimal torch.save look-alike (no PyTorch here): the pickle refers to torch globals ----
@@ -155,9 +158,6 @@ def test_xiaoccer_layout_covers_every_layer():
 
 
 def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
-    import subprocess
-    from conftest import REPO_ROOT
-    from util.checkpoint import load_backbone
     model = build_backbone("IR_18", embedding_size=64)
     arrays = module_arrays(model)
     storages = {str(i): value.ravel() for i, value in enumerate(arrays.values())}

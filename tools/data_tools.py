@@ -25,15 +25,14 @@ import numpy as np  # noqa: E402
 from data.check import KINDS, check_list, size_histogram, write_clean_list  # noqa: E402
 from data.convert import (BAD_RECORDS_NAME, LABEL_MAP_NAME, bin_to_pairs_folder, folder_to_list,  # noqa: E402
                           pairs_folder_to_bin, rec_to_images)
-from data.image_list import LIST_NAME, DataError  # noqa: E402
+from data.image_list import LIST_NAME, DataError, parse_size  # noqa: E402
 from data.rec import REC_NAME, record_name  # noqa: E402
-from util.config import parse_size  # noqa: E402
 
 LISTED_BAD_RECORDS = 20
 
 
 def rec_to_images_command(args):
-    r = rec_to_images(args.rec, args.out, args.workers)
+    r = rec_to_images(args.rec, args.out, args.processes)
     print(f"{args.out}: {r.images} image records: {r.converted} converted, {r.existing} already there, "
           f"{len(r.bad)} bad; {r.num_classes} classes, {r.image_size[0]}x{r.image_size[1]}; "
           f"{r.images / r.seconds:.0f} images/s")
@@ -56,7 +55,7 @@ def folder_to_list_command(args):
 
 
 def check_list_command(args):
-    check = check_list(args.root, args.input_size, args.threads)
+    check = check_list(args.root, args.input_size, args.num_workers)
     dataset = check.dataset
     for index, _, reason in check.problems:
         print(f"{dataset.describe(index)}: {reason}")
@@ -101,7 +100,8 @@ def parse_args(argv):
                                    "skipped, counted and listed in <out>/bad_records.txt.")
     s.add_argument("--rec", required=True, help="folder holding train.rec and train.idx (and maybe property)")
     s.add_argument("--out", required=True, help="output folder (the new data root)")
-    s.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: one per CPU core)")
+    s.add_argument("--processes", type=int, default=os.cpu_count(), help="converter processes (default: one per "
+                                                                           "CPU core)")
     s.set_defaults(run=rec_to_images_command)
     s = sub.add_parser("folder-to-list", help="a folder per identity -> imgs.txt + property + label_map.txt",
                        description="Label the identity folders of ROOT in name order and write ROOT/imgs.txt, "
@@ -116,7 +116,7 @@ def parse_args(argv):
     s.add_argument("--root", required=True, help="folder holding imgs.txt (and maybe property)")
     s.add_argument("--input_size", default="112x112",
                    help="expected image size when there is no property file (112x96: 112x112 images are cut)")
-    s.add_argument("--threads", type=int, default=8, help="decoding threads")
+    s.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     s.add_argument("--write_clean", metavar="PATH", help="also write the list without the bad and repeated lines")
     s.set_defaults(run=check_list_command)
     s = sub.add_parser("pairs-to-bin", help="pairs.txt + images/ folder -> InsightFace verification .bin",

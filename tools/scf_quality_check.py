@@ -15,26 +15,21 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from backbone import build_backbone_from_config  # noqa: E402
+from data.degradations import DEGRADATIONS, degrade_all  # noqa: E402
 from data.image_list import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
-from head.scf import load_confidence_head  # noqa: E402
-from util.checkpoint import CheckpointError, load_checkpoint, load_weights  # noqa: E402
-from util.degradations import DEGRADATIONS, degrade_all  # noqa: E402
-from util.evaluation import EvalTarget, image_kappas  # noqa: E402
+from evaluation.embedding import EvalTarget, image_kappas  # noqa: E402
+from train.checkpoint import CheckpointError, not_scf  # noqa: E402
+from train.model import load_model  # noqa: E402
+from util import distributed  # noqa: E402
 
 
-def kappa_table(checkpoint_path, target, batch_size=16):
+def kappa_table(checkpoint_path, target, num_workers, batch_size=16):
     """{condition: kappa of every image} for the originals and each degradation."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    cfg = checkpoint["meta"]["config"]
-    if not cfg.get("scf"):
-        raise CheckpointError(f"{checkpoint_path}: not an SCF checkpoint (train one with train_SCF_jittor.py)")
-    backbone = build_backbone_from_config(cfg)
-    load_weights(backbone, checkpoint["backbone"], checkpoint_path)
-    backbone.eval()
-    head = load_confidence_head(checkpoint["head"], cfg, checkpoint_path)
-    images = EvalTarget(load_target(target, "."), cfg["input_hw"]).images
+    backbone, head, cfg, _ = load_model(checkpoint_path)
+    if head is None:
+        raise not_scf(checkpoint_path)
+    images = EvalTarget(load_target(target, "."), cfg["input_hw"], num_workers).images
     conditions = {"original": images, **{how: degrade_all(images, how) for how in DEGRADATIONS}}
     with jt.no_grad():
         return {name: image_kappas(backbone, head, imgs, batch_size) for name, imgs in conditions.items()}
@@ -44,11 +39,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an SCF checkpoint (train_SCF_jittor.py)")
     p.add_argument("--target", required=True, help="a .bin or pairs folder whose images are used")
-    p.add_argument("--workers_id", default="cpu", help="'cpu' or a GPU id")
+    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     args = p.parse_args()
-    jt.flags.use_cuda = int(args.workers_id != "cpu" and jt.has_cuda)
+    distributed.select_device(args.workers_id)
     try:
-        table = kappa_table(args.checkpoint, args.target)
+        table = kappa_table(args.checkpoint, args.target, args.num_workers)
     except (CheckpointError, DataError) as e:  # bad input: the message names the file at fault
         sys.exit(f"error: {e}")
     original = table["original"]

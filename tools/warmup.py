@@ -14,10 +14,9 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from backbone import build_backbone  # noqa: E402
-from head import build_head  # noqa: E402
-from util.config import DATA_MODES  # noqa: E402
-from util.optim import SGD  # noqa: E402
+from train.config import SFACE, configure  # noqa: E402
+from train.model import build_model  # noqa: E402
+from train.steps import sface_step  # noqa: E402
 
 
 def check_arithmetic():
@@ -29,18 +28,16 @@ def check_arithmetic():
 
 
 def warm_demo_kernels():
-    demo = DATA_MODES["demo"]
-    batch = demo["batch_size"]
-    backbone = build_backbone(demo["net"])
-    head = build_head("SFaceLoss", 512, 10)
-    optimizer = SGD({"backbone": backbone, "head": head}, 0.01, 0.9, 5e-4)
-    images = jt.array(np.random.default_rng(0).uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32))
-    labels = jt.array(np.arange(batch) % 10)
-    backbone.train()
-    optimizer.step(head(backbone(images), labels).loss)
-    backbone.eval()
+    """One training step and one embedding pass of the demo's model, on random images of 10 classes."""
+    cfg, _ = configure(SFACE, ["--data_mode", "demo", "--workers_id", "cpu"])
+    model = build_model(cfg, 10)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (cfg["batch_size"], 3, *cfg["input_hw"])).astype(np.float32)
+    model.backbone.train()
+    sface_step(model, cfg["seed"], images, np.arange(cfg["batch_size"]) % 10, 0)
+    model.backbone.eval()
     with jt.no_grad():
-        backbone(images).sync()
+        model.backbone(jt.array(images)).sync()
 
 
 if __name__ == "__main__":

@@ -33,11 +33,27 @@ def is_main():
     return rank() == 0
 
 
-def select_device(gpu_ids, workers_id):
-    """--workers_id: [] = CPU, GPU ids, or None ('auto': CUDA when Jittor has it). -> 'cuda' or 'cpu'.
+WORKERS_ID_HELP = "GPU ids for the ranks, e.g. '0' or '0,1' (rank r uses the r-th), 'cpu', or 'auto' (GPU 0.. when " \
+                  "CUDA works)"
+
+
+def parse_workers(text):
+    """--workers_id: 'cpu' -> [], 'auto' -> None (CUDA when Jittor has it), '0,1' -> [0, 1]."""
+    text = text.strip().lower()
+    if text in ("cpu", "auto"):
+        return [] if text == "cpu" else None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, got '{text}'") from None
+
+
+def select_device(workers_id):
+    """Turn CUDA on or off as --workers_id asks; a GPU asked for but absent is an error. -> 'cuda' or 'cpu'.
 
     Which GPU a rank uses was fixed before Jittor started (util.runtime.rank_gpu).
     """
+    gpu_ids = parse_workers(workers_id)
     want_gpu = bool(jt.has_cuda) if gpu_ids is None else bool(gpu_ids)
     if want_gpu and not jt.has_cuda:
         raise SystemExit(f"--workers_id {workers_id} asks for a GPU, but Jittor found no usable CUDA here; "
@@ -96,6 +112,14 @@ def gather_rows_to_main(local, counts):
     return out
 
 
+def rank_share(total, rank, world):
+    """[start, stop) of `rank`'s contiguous part of `total` items (a batch, classes, images); the first
+    `total % world` ranks take one more."""
+    base, extra = divmod(total, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
 def batch_share(count):
     """This rank's fraction of the global batch, when it holds `count` of its images."""
     return count / sum(gather_counts(count))
@@ -109,11 +133,6 @@ def global_figures(means, share, counts):
     """
     values = [value * share for value in means.values()] + list(counts.values())
     return dict(zip([*means, *counts], sum_arrays(np.array(values, np.float64)).tolist()))
-
-
-def barrier():
-    if in_mpi():
-        _comm().Barrier()
 
 
 def check_replicas_identical(named_arrays, what):
@@ -160,11 +179,33 @@ def run_main(main, expected_errors=()):
 
 # ---- Jittor collectives (in the graph, differentiable) ----
 
-def all_reduce_sum(variables):
-    """Sum each Var over the ranks with one all-reduce of their concatenation; -> the summed Vars."""
+# What the collective being issued right now carries: (label, whether autodiff adds an equal
+# all-reduce backward). The benchmark reads it to account for a step's traffic; None while
+# Jittor issues one of its own (sync BatchNorm).
+_issuing = None
+
+
+def issuing():
+    return _issuing
+
+
+def _labelled_all_reduce(var, label, differentiated):
+    global _issuing
+    _issuing = (label, differentiated)
+    try:
+        return var.mpi_all_reduce("sum")
+    finally:
+        _issuing = None
+
+
+def all_reduce_sum(variables, label):
+    """Sum each Var over the ranks with one all-reduce of their concatenation; -> the summed Vars.
+
+    For values no gradient flows through (gradients themselves, bookkeeping); `label` says what they are.
+    """
     if not in_mpi() or not variables:
         return list(variables)
-    flat = jt.concat([v.reshape(-1) for v in variables]).mpi_all_reduce("sum")
+    flat = _labelled_all_reduce(jt.concat([v.reshape(-1) for v in variables]), label, False)
     summed, offset = [], 0
     for v in variables:
         size = v.numel()
@@ -173,7 +214,7 @@ def all_reduce_sum(variables):
     return summed
 
 
-def all_gather_var(local, counts):
+def all_gather_var(local, counts, label):
     """B_r x D rows of each rank -> the B x D concatenation (rank order) on every rank, differentiably.
 
     A zero table holding this rank's rows at its offset, summed over the ranks. The
@@ -186,7 +227,7 @@ def all_gather_var(local, counts):
     before, after = sum(counts[:me]), sum(counts[me + 1:])
     parts = [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (before,) if n] + [local] + \
             [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (after,) if n]
-    return jt.concat(parts).mpi_all_reduce("sum")
+    return _labelled_all_reduce(jt.concat(parts), label, True)
 
 
 def broadcast_vars(variables):

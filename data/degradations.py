@@ -41,3 +41,11 @@ def random_degradation(image, rng):
         return downscale(image, size=int(rng.integers(14, 48)))
     top = rng.uniform(0.1, 0.6)
     return occlude(image, top, top + rng.uniform(0.15, 0.35))
+
+
+def quality_augment(images, probability, rng):
+    """Degrade a random subset of a N x 3 x H x W float batch (0..255) in place, each by `random_degradation`."""
+    for i in np.flatnonzero(rng.random(len(images)) < probability):
+        face = np.ascontiguousarray(images[i].transpose(1, 2, 0).astype(np.uint8))
+        images[i] = random_degradation(face, rng).transpose(2, 0, 1)
+    return images

@@ -1,7 +1,8 @@
 """von Mises-Fisher maths for Sphere Confidence Face (Li et al., CVPR 2021).
 
 Every function takes `xp`, the array module (numpy, or jittor for the training loss), so
-the loss and the test-time scores share one implementation.
+the loss (head/scf.py) and the test-time scores (evaluation/scf_scoring.py) share one
+implementation.
 
 log I_nu(kappa) uses the uniform asymptotic (Debye) expansion of the modified Bessel
 function, DLMF 10.41.3 with the polynomials u_1..u_4 of 10.41.10:
@@ -14,7 +15,6 @@ depending on kappa through that term.
 """
 import math
 
-import numpy as np
 
 # Coefficients of u_k(p) in powers of p, DLMF 10.41.10.
 DEBYE_POLYNOMIALS = (
@@ -51,25 +51,3 @@ def kl_dirac_vmf(cos_target, kappa, dim, radius, xp):
     = -kappa cos(mu, W_y) - log C_d(kappa) + d log r
     """
     return -kappa * cos_target - log_vmf_normaliser(kappa, dim, xp) + dim * math.log(radius)
-
-
-def pair_scores(mu1, kappa1, mu2, kappa2, radius=64.0):
-    """SCF eq. 13, numpy: log C(k1) + log C(k2) - log C(|k1 mu1 + k2 mu2|) - d log r, per pair.
-
-    mu: P x d unit vectors, kappa: P. Symmetric, and increasing in mu1 . mu2.
-    """
-    dim = mu1.shape[1]
-    combined = np.linalg.norm(kappa1[:, None] * mu1 + kappa2[:, None] * mu2, axis=1)
-    return (log_vmf_normaliser(kappa1, dim, np) + log_vmf_normaliser(kappa2, dim, np)
-            - log_vmf_normaliser(combined, dim, np) - dim * math.log(radius))
-
-
-def pool_template(mu, kappa):
-    """SCF eq. 14: a template's images pooled with kappa as weights, numpy.
-
-    The product of the images' vMF densities is a vMF with natural parameter
-    sum_i kappa_i mu_i: its direction is the template feature, its norm the template's kappa.
-    """
-    total = (kappa[:, None] * mu).sum(axis=0)
-    norm = np.linalg.norm(total)
-    return total / norm, norm

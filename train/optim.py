@@ -12,6 +12,7 @@ Update rules (torch's and Jittor's, weight decay added to the gradient):
     Adam  g' = g + wd * p;  m, v = moving averages of g', g'^2;  p -= lr * m^ / (sqrt(v^) + eps)
 State (momentum buffers, Adam moments, step count) is named by parameter, e.g.
 `backbone/conv.weight/momentum`, so checkpoints do not depend on parameter order.
+Learning-rate schedules: `stage_lr` (SFace's recipe) and `step_lr` (SCF's StepLR).
 """
 import math
 
@@ -21,7 +22,10 @@ from jittor import nn
 
 from backbone.common import is_running_stat
 from util import distributed
-from util.checkpoint import CheckpointError
+
+from .checkpoint import CheckpointError
+
+GRADIENTS = "gradients (replicated parameters)"  # what the step's all-reduce carries (benchmark report)
 
 
 def named_parameters(modules):
@@ -43,6 +47,7 @@ class Optimizer:
     def __init__(self, modules, lr, weight_decay, local=()):
         """modules: {'backbone': module, 'head': module}; `local`: parameter names held by this rank only."""
         self.lr = lr
+        self.modules = modules
         self.params = named_parameters(modules)
         no_decay = batchnorm_parameter_names(modules)
         self.weight_decay = {name: 0.0 if name in no_decay else weight_decay for name in self.params}
@@ -58,7 +63,7 @@ class Optimizer:
         names = list(self.params)
         grads = dict(zip(names, jt.grad(loss, [self.params[n] for n in names])))
         shared = [n for n in names if n not in self.local]
-        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared])))
+        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], GRADIENTS)))
         self.steps += 1
         for name in names:
             p = self.params[name]
@@ -113,3 +118,13 @@ class Adam(Optimizer):
         v.update(b2 * v + (1 - b2) * g * g)
         step_size = self.lr * math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
         p.update(p - step_size * m / (jt.sqrt(v) + self.eps * math.sqrt(1 - b2 ** self.steps)))
+
+
+def stage_lr(cfg, epoch):
+    """The learning rate of an epoch: divided by 10 at each listed stage already reached."""
+    return cfg["lr"] * 0.1 ** sum(epoch >= s for s in cfg["stage_epochs"])
+
+
+def step_lr(cfg, epoch):
+    """StepLR: the learning rate times gamma every step_size epochs."""
+    return cfg["lr"] * cfg["gamma"] ** (epoch // cfg["step_size"])

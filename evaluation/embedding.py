@@ -10,10 +10,9 @@ import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
-from data.loader import rank_share
 from util import distributed
-from util.verification import flip_fused, pair_distances, score_thresholds, verification_report
-from util.vmf import pair_scores
+
+from .protocol import flip_fused, pair_distances, verification_report
 
 
 class EvalTarget:
@@ -22,7 +21,7 @@ class EvalTarget:
     def __init__(self, pair_set, input_size, num_threads=4):
         self.pair_set = pair_set
         self.num_images = len(pair_set.encoded)
-        self.share = rank_share(self.num_images, distributed.rank(), distributed.world_size())
+        self.share = distributed.rank_share(self.num_images, distributed.rank(), distributed.world_size())
         with ThreadPoolExecutor(num_threads) as pool:
             decoded = list(pool.map(lambda i: pair_set.decode(i, input_size), range(*self.share)))
         height, width = input_size
@@ -92,15 +91,6 @@ def protocol_report(target, features):
     raw = [e for e in (features["raw"], features["raw_flipped"]) if e is not None]
     report = verification_report(pair_distances(features["unit"], pairs), target.pair_set.issame, raw_embeddings=raw)
     return dict(report, target=target.name, pairs=len(pairs))
-
-
-def scf_report(target, features, radius):
-    """The same protocol scored with SCF eq. 13 (mutual likelihood of the two vMFs) instead of distance."""
-    pairs, mu, kappa = target.pair_set.pairs, features["unit"], features["kappa"]
-    scores = pair_scores(mu[pairs[:, 0]], kappa[pairs[:, 0]].astype(np.float64), mu[pairs[:, 1]],
-                         kappa[pairs[:, 1]].astype(np.float64), radius)
-    report = verification_report(-scores, target.pair_set.issame, score_thresholds(-scores))
-    return dict(report, target=f"{target.name}-scf", pairs=len(pairs))
 
 
 def evaluate_target(backbone, target, batch_size, flip=True):

@@ -1,0 +1,56 @@
+"""Every command line: one flag name per concept, and a GPU asked for but absent is a clear error everywhere."""
+import os
+import subprocess
+import sys
+
+import jittor as jt
+import pytest
+
+from conftest import REPO_ROOT
+from train.checkpoint import save_checkpoint
+
+SCRIPTS = {name: os.path.join(REPO_ROOT, *name.split("/")) for name in (
+    "train_SFace_jittor.py", "train_SCF_jittor.py", "eval_SFace_jittor.py", "benchmark.py",
+    "tools/scf_quality_check.py")}
+DATA_TOOLS = os.path.join(REPO_ROOT, "tools", "data_tools.py")
+
+
+def help_text(*command):
+    result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return " ".join(result.stdout.split())
+
+
+def test_one_flag_name_per_concept():
+    """GPU ids --workers_id (default auto), image-decoding threads --num_workers, converter processes --processes."""
+    for name, path in SCRIPTS.items():
+        text = help_text(path)
+        assert "--workers_id" in text and "default: auto" in text.split("--workers_id")[-1].split("--")[0], name
+        assert "--num_workers" in text, name
+    texts = [help_text(path) for path in SCRIPTS.values()]
+    texts += [help_text(DATA_TOOLS, command) for command in ("rec-to-images", "check-list")]
+    for text in texts:
+        for retired in ("--threads", "--workers ", "--rec_workers"):
+            assert retired not in text
+    assert "--processes" in help_text(DATA_TOOLS, "rec-to-images") and "--processes" in help_text(SCRIPTS["benchmark.py"])
+    assert "--num_workers" in help_text(DATA_TOOLS, "check-list")
+
+
+@pytest.mark.skipif(jt.has_cuda, reason="this machine has a usable GPU")
+def test_a_gpu_asked_for_but_absent_stops_every_script(tmp_path):
+    model = str(tmp_path / "model.npz")
+    save_checkpoint(model, {"config": {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112",
+                                       "embedding_size": 512}}, {}, {"weight": []})
+    arguments = {
+        "train_SFace_jittor.py": ["--data_mode", "demo"],
+        "train_SCF_jittor.py": ["--checkpoint", model, "--data_mode", "demo"],
+        "eval_SFace_jittor.py": ["--checkpoint", model, "--target", "lfw_demo"],
+        "benchmark.py": ["--net", "MobileFaceNet", "--batch_size", "2", "--steps", "1", "--warmup", "0"],
+        "tools/scf_quality_check.py": ["--checkpoint", model, "--target", "lfw_demo"],
+    }
+    for name, args in arguments.items():
+        result = subprocess.run([sys.executable, SCRIPTS[name], *args, "--workers_id", "1"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0, name
+        assert "--workers_id 1 asks for a GPU, but Jittor found no usable CUDA here" in result.stderr, \
+            (name, result.stderr[-2000:])

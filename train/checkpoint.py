@@ -1,0 +1,194 @@
+"""The one checkpoint format, a numpy `.npz` archive (no pickle; `np.load` reads it anywhere), and
+saving / restoring a training run's state in it at any world size.
+
+Arrays are stored under `backbone/<name>`, `head/<name>` and
+`optimizer/<part>/<name>/<buffer>` (SGD momentum, Adam moments: by parameter, see
+train/optim.py), plus `meta`, a JSON string with the run's config, the training position
+(epoch, batch within the epoch, global step, optimizer steps) and the best evaluation
+results. A sharded head is stored whole (every class centre), so a checkpoint loads into
+any number of processes, sharded or not. RNG state needs no storage: every random draw is
+seeded from (seed, epoch) or (seed, step), which the checkpoint holds.
+
+Files are written to a temporary name, flushed to disk and renamed over the old one,
+so a crash mid-write leaves the previous checkpoint intact.
+
+Weights only: `train.model.load_model(path)` builds the model and loads it; or take the
+`backbone/` keys of `np.load(path)` yourself.
+"""
+import json
+import os
+import zipfile
+
+import jittor as jt
+import numpy as np
+
+from util import distributed
+
+FORMAT = "sface-jittor-checkpoint-v1"
+LAST, BEST = "last.npz", "best.npz"
+# The official SFace-Jittor code saved bare state dicts (Backbone_*.pkl, Head_*.pkl) and fed
+# its networks (x - 127.5) * 0.078125.
+OFFICIAL_JITTOR_INPUT_NORM = [127.5, 0.078125]
+# The config keys that describe a backbone (what building it needs).
+MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file that cannot be used, with the file named in the message."""
+
+
+def module_arrays(module):
+    return {name: var.numpy() for name, var in module.state_dict().items()}
+
+
+def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
+    """backbone, head: {name: array}; optimizer_state: {'<part>/<name>/<buffer>': array}."""
+    arrays = {f"backbone/{k}": v for k, v in backbone.items()}
+    arrays.update({f"head/{k}": v for k, v in head.items()})
+    arrays.update({f"optimizer/{k}": v for k, v in (optimizer_state or {}).items()})
+    arrays["meta"] = np.array(json.dumps(dict(meta, format=FORMAT)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """-> dict(meta, backbone, head, optimizer); CheckpointError naming the file if it is not ours."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
+    parts = {"backbone": {}, "head": {}, "optimizer": {}}
+    for key, value in arrays.items():
+        part, name = key.split("/", 1)
+        parts[part][name] = value
+    return {"meta": meta, **parts}
+
+
+def load_weights(module, arrays, source):
+    """Copy `arrays` into `module`, insisting on the same names and shapes (Jittor's own loader only warns)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    unexpected = sorted(set(arrays) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit {type(module).__name__}: "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for name, var in own.items():
+        value = np.asarray(arrays[name])
+        if tuple(value.shape) != tuple(var.shape):
+            raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants "
+                                  f"{tuple(var.shape)}")
+        var.assign(value.astype(np.float32))
+
+
+def read_weights(path, part):
+    """`part` ('backbone' or 'head') weights from one of our checkpoints or an official SFace-Jittor .pkl.
+
+    -> (arrays, the run config of our checkpoint or None for a .pkl).
+    """
+    if path.endswith(".npz"):
+        checkpoint = load_checkpoint(path)
+        return checkpoint[part], checkpoint["meta"].get("config")
+    try:
+        return {k: np.asarray(v) for k, v in jt.load(path).items()}, None
+    except Exception as e:  # jt.load raises whatever unpickling raised
+        raise CheckpointError(f"{path}: neither a .npz checkpoint nor a Jittor .pkl state dict ({e})") from None
+
+
+def is_scf(config):
+    """Whether a checkpoint's config is an SCF run's (a confidence head on a frozen model)."""
+    return bool(config.get("scf"))
+
+
+def model_config(path, config=None):
+    """The backbone-describing keys of a checkpoint's config (read from `path` unless given)."""
+    config = load_checkpoint(path)["meta"].get("config", {}) if config is None else config
+    if "net" not in config:
+        raise CheckpointError(f"{path}: holds no model config (net, input size, embedding size)")
+    return {k: config[k] for k in MODEL_KEYS if k in config}
+
+
+def not_scf(path):
+    return CheckpointError(f"{path}: not an SCF checkpoint (train one with train_SCF_jittor.py)")
+
+
+def training_checkpoint(path, scf):
+    """A checkpoint to resume (a file, or an outdir holding last.npz) of an SFace-style or an SCF run.
+
+    -> (its file path, the checkpoint); CheckpointError naming the file when it is of the other kind or
+    holds weights only.
+    """
+    path = os.path.join(path, LAST) if os.path.isdir(path) else path
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["meta"].get("config", {})
+    if scf and not is_scf(config):
+        raise not_scf(path)
+    if not scf and is_scf(config):
+        raise CheckpointError(f"{path}: an SCF checkpoint; resume it with train_SCF_jittor.py")
+    if "progress" not in checkpoint["meta"]:
+        raise CheckpointError(f"{path}: holds weights only (no training state); start from it with "
+                              f"{'--checkpoint' if scf else '--resume_backbone'}")
+    return path, checkpoint
+
+
+# ---- a training run's state, at any world size ----
+
+def is_sharded(module):
+    return getattr(module, "sharded", False)
+
+
+def save_state(path, meta, modules, optimizer):
+    """Every rank takes part (replica check, sharded head gather); rank 0 writes the whole model.
+
+    modules: {'backbone': module, 'head': module}; meta: config, progress and the like.
+    """
+    distributed.check_replicas_identical({n: p.numpy() for n, p in optimizer.replicated().items()},
+                                         f"before writing {path}")
+    arrays, state = {part: module_arrays(m) for part, m in modules.items()}, optimizer.state_arrays()
+    for part, module in modules.items():
+        if is_sharded(module):
+            arrays[part] = {n: module.gather_block(a) for n, a in arrays[part].items()}
+            state = {k: module.gather_block(a) if k.startswith(f"{part}/") else a for k, a in state.items()}
+    if distributed.is_main():
+        save_checkpoint(path, dict(meta, optimizer_steps=optimizer.steps), arrays["backbone"], arrays["head"], state)
+
+
+def own_block(module, arrays, current, source):
+    """Whole-module arrays from a checkpoint -> what this rank holds (its block of classes, if sharded).
+
+    `current`: this rank's arrays of the names to convert (weights or optimizer state); others pass through.
+    """
+    if not is_sharded(module):
+        return arrays
+    for name, array in arrays.items():
+        if name in current and np.shape(array)[0] != module.num_classes:
+            raise CheckpointError(f"{source}: head '{name}' has {np.shape(array)[0]} classes, the training set "
+                                  f"{module.num_classes}")
+    return {name: module.take_block(array, current[name]) if name in current else array
+            for name, array in arrays.items()}
+
+
+def load_part(module, arrays, source):
+    """Weights (whole, as stored) into a module, or into this rank's block of a sharded one."""
+    load_weights(module, own_block(module, arrays, module_arrays(module), source), source)
+
+
+def restore_state(checkpoint, source, modules, optimizer):
+    """Weights and optimizer state of a --resume checkpoint into this rank's model (any world size)."""
+    state = checkpoint["optimizer"]
+    for part, module in modules.items():
+        load_part(module, checkpoint[part], source)
+        current = {k: v for k, v in optimizer.state_arrays().items() if k.startswith(f"{part}/")}
+        state = own_block(module, state, current, source)
+    optimizer.load_state_arrays(state, checkpoint["meta"]["optimizer_steps"], source)

@@ -1,0 +1,140 @@
+"""The training run both scripts share: outputs, start or resume, the epoch loop with logging,
+evaluation and checkpoints, and the summary.
+
+A script supplies what differs: the model (`TrainingModel`), its step function
+`step(images, labels, step) -> figures`, its learning-rate schedule `lr_at(cfg, epoch)`
+and, for SFace-style runs, a `Validation` that scores targets and keeps `best.npz`.
+"""
+import json
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from data.loader import BatchLoader
+from data.training_sets import open_training_set
+from util import distributed
+
+from .checkpoint import BEST, LAST, restore_state, save_state
+from .logger import MetricsLog, TrainWindow, describe_record, setup_logging
+
+
+class Run:
+    """Device, logging, metrics, the training data and the position of one run (new or resumed)."""
+
+    def __init__(self, cfg, checkpoint):
+        self.cfg, self.checkpoint = cfg, checkpoint
+        self.device = distributed.select_device(cfg["workers_id"])
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.log = setup_logging(cfg["outdir"], self.rank)
+        self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
+        meta = checkpoint["meta"] if checkpoint else {}
+        self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
+        self.window = TrainWindow(meta.get("window"))
+        self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
+        self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
+                                  num_workers=cfg["num_workers"], strict=cfg["strict_data"])
+        self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
+                      self.dataset.source, len(self.dataset), self.dataset.num_classes,
+                      len(np.unique(self.dataset.labels[self.dataset.labels >= 0])), len(self.loader),
+                      cfg["batch_size"])
+
+    def begin(self, model, describe):
+        """Restore a resumed run's model, or write a new run's config; then make the ranks' replicas equal."""
+        modules = {"backbone": model.backbone, "head": model.head}
+        if self.checkpoint is not None:
+            restore_state(self.checkpoint, self.cfg["resume"], modules, model.optimizer)
+            if distributed.is_main():
+                self.metrics.truncate_after(self.progress["step"])
+            self.log.info("resumed %s at epoch %d, batch %d (step %d)", self.cfg["resume"], self.progress["epoch"] + 1,
+                          self.progress["batch"], self.progress["step"])
+        elif distributed.is_main():
+            os.makedirs(self.cfg["outdir"], exist_ok=True)
+            open(self.metrics.path, "w").close()
+            with open(os.path.join(self.cfg["outdir"], "config.json"), "w") as f:
+                json.dump(self.cfg, f, indent=2)
+        replicated = model.optimizer.replicated()
+        distributed.broadcast_vars(list(replicated.values()))
+        distributed.check_replicas_identical({n: p.numpy() for n, p in replicated.items()}, "at start")
+        self.log.info("%s on %s, %d process(es); config: %s", describe, self.device, self.world,
+                      json.dumps(self.cfg, sort_keys=True))
+
+    def save(self, name, model, validation):
+        meta = {"config": self.cfg, "progress": self.progress, "window": self.window.sums}
+        if validation is not None:
+            meta["best"] = validation.best
+        save_state(os.path.join(self.cfg["outdir"], name), meta, {"backbone": model.backbone, "head": model.head},
+                   model.optimizer)
+
+    def evaluate(self, model, validation):
+        if validation(model.backbone, self.progress, self.metrics, self.log) and self.progress["step"]:
+            self.save(BEST, model, validation)
+        self.progress["evaluated_step"] = self.progress["step"]
+
+    def log_window(self, lr):
+        record = self.window.record(self.progress, lr)
+        record["skipped_images"] = self.loader.skipped
+        if self.rank == 0:
+            self.metrics.write(record)
+        self.log.info("epoch %d batch %d/%d step %d  lr %.4g  %s", self.progress["epoch"] + 1, self.progress["batch"],
+                      len(self.loader), self.progress["step"], lr, describe_record(record))
+
+    def train(self, model, step, lr_at, validation=None):
+        """The epoch loop, from the run's position to its last epoch (or --max_steps)."""
+        cfg, progress = self.cfg, self.progress
+        for module in model.optimizer.modules.values():
+            module.train()
+        if validation is not None and progress["step"] == 0:
+            self.evaluate(model, validation)  # the starting point, to compare against
+        self.window.start = time.time()  # throughput measures training, not that evaluation
+        stop = False
+        while progress["epoch"] < cfg["epochs"] and not stop:
+            epoch = progress["epoch"]
+            model.optimizer.lr = lr_at(cfg, epoch)
+            bar = tqdm(total=len(self.loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                       disable=True if self.rank else None, dynamic_ncols=True, leave=False)  # None: off if no TTY
+            step_start = time.time()
+            for images, labels in self.loader.epoch(epoch, progress["batch"]):
+                stats = step(images, labels, progress["step"])
+                progress["batch"] += 1
+                progress["step"] += 1
+                self.window.add(stats)
+                bar.update(1)
+                now = time.time()
+                bar.set_postfix(progress_figures(stats, now - step_start))
+                step_start = now
+                if progress["step"] % cfg["log_freq"] == 0:
+                    self.log_window(model.optimizer.lr)
+                if validation is not None and cfg["eval_freq"] and progress["step"] % cfg["eval_freq"] == 0:
+                    self.evaluate(model, validation)
+                stop = bool(cfg["max_steps"]) and progress["step"] >= cfg["max_steps"]
+                if cfg["save_freq"] and progress["step"] % cfg["save_freq"] == 0 or stop:
+                    self.save(LAST, model, validation)
+                if stop:
+                    break
+            bar.close()
+            if not stop:
+                progress.update(epoch=epoch + 1, batch=0)
+                self.save(LAST, model, validation)
+        if validation is not None and progress.get("evaluated_step") != progress["step"]:
+            self.evaluate(model, validation)
+            self.save(LAST, model, validation)
+        self.finish(validation)
+
+    def finish(self, validation):
+        if self.loader.skipped:
+            self.log.warning("%d unreadable training images were skipped (see the warnings above)", self.loader.skipped)
+        if validation is not None:
+            validation.summary(self.log, self.cfg["outdir"])
+        self.log.info("done at step %d; latest checkpoint %s", self.progress["step"],
+                      os.path.join(self.cfg["outdir"], LAST))
+
+
+def progress_figures(stats, seconds):
+    """What the progress bar shows beside the count: loss, train accuracy (when counted), img/s."""
+    figures = {"loss": f"{stats['loss']:.3f}"}
+    if "correct" in stats:
+        figures["acc"] = f"{stats['correct'] / stats['samples']:.3f}"
+    figures["img_s"] = f"{stats['samples'] / seconds:.0f}"
+    return figures

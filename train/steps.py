@@ -1,0 +1,47 @@
+"""One optimizer step of each kind of run, on this rank's part of the global batch.
+
+Each returns the global batch's figures (alike on every rank): means weighted by the ranks'
+shares of the batch, and counts summed.
+"""
+import jittor as jt
+import numpy as np
+
+from data.degradations import quality_augment
+from head.common import cosine, target_mask
+from head.scf import scf_loss
+from util import distributed
+
+
+def step_figures(figures, share, counts):
+    """This rank's figures (scalar Vars, means over its images) and counts -> the global batch's, as one step."""
+    return dict(distributed.global_figures({k: v.item() for k, v in figures.items()}, share, counts), steps=1)
+
+
+def sface_step(model, seed, images, labels, step):
+    """Backbone and loss head (any head of head/) learn together (SGD)."""
+    rank = distributed.rank()
+    jt.set_seed((seed * 1_000_003 + step) * 1_009 + rank)  # dropout masks from (seed, step, rank): resumable
+    out = model.head(model.backbone(jt.array(images)), jt.array(labels), step)
+    # Each rank minimises (and reports) its part of the global batch's loss: a sharded head's output
+    # already is one; the others' are means over this rank's images, weighted by its share of the batch.
+    share = 1.0 if model.head.sharded else distributed.batch_share(len(labels))
+    model.optimizer.step(out.loss * share)
+    figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts}
+    return step_figures(figures, share, {"correct": out.correct.item(), "samples": len(labels)})
+
+
+def scf_step(model, centres, cfg, images, labels, step):
+    """Only the confidence head learns (Adam); backbone and class centres stay frozen."""
+    if cfg["quality_augment"]:
+        images = quality_augment(images, cfg["quality_augment"],
+                                 np.random.default_rng([cfg["seed"], step, distributed.rank()]))
+    with jt.no_grad():
+        features = model.backbone.features(jt.array(images))
+        cos = cosine(model.backbone.embedding(features), centres)
+        cos_target = (cos * target_mask(jt.array(labels), cos)).sum(1)
+    kappa = model.head(features)
+    loss = scf_loss(kappa, cos_target, cfg["embedding_size"], cfg["radius"])
+    share = distributed.batch_share(len(labels))
+    model.optimizer.step(loss * share)
+    return step_figures({"loss": loss, "kappa": kappa.mean(), "cos_target": cos_target.mean()}, share,
+                        {"samples": len(labels)})
