@@ -21,7 +21,7 @@ from train.config import SCF, configure
 from train.loop import Run
 from train.model import build_scf_model, load_model
 from train.optim import step_lr
-from train.steps import scf_step
+from train.steps import NonFiniteError, scf_step
 from util import distributed
 
 
@@ -49,4 +49,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, NonFiniteError))

@@ -17,7 +17,7 @@ from train.config import SFACE, configure
 from train.loop import Run
 from train.model import build_model, start_weights
 from train.optim import stage_lr
-from train.steps import sface_step
+from train.steps import NonFiniteError, sface_step
 from train.validation import Validation, load_eval_targets
 from util import distributed
 
@@ -35,10 +35,10 @@ def main(argv=None):
         load_part(getattr(model, part), arrays, cfg[f"resume_{part}"])
     run.begin(model, f"{cfg['net']} ({cfg['input_size']}, {cfg['embedding_size']}-d) + {cfg['head']}"
                      f"{' (sharded)' if model.head.sharded else ''}")
-    run.train(model, partial(sface_step, model, cfg["seed"]), stage_lr, validation)
+    run.train(model, partial(sface_step, model, cfg["seed"], amp=cfg["amp"]), stage_lr, validation)
     return validation.best
 
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, NonFiniteError))

@@ -74,6 +74,8 @@ SFACE_OPTIONS = {
                                       "over the ranks instead of keeping a copy on each: for large identity counts"),
     "local_bn": Option(FLAG, False, "under mpirun, keep BatchNorm batch statistics per rank instead of "
                                     "synchronising them"),
+    "amp": Option(FLAG, False, "mixed precision on the GPU: the backbone in float16, the head and the weights in "
+                               "float32, a dynamic loss scale (refused on the CPU)"),
 }
 
 SCF_OPTIONS = {

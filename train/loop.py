@@ -26,6 +26,9 @@ class Run:
     def __init__(self, cfg, checkpoint):
         self.cfg, self.checkpoint = cfg, checkpoint
         self.device = distributed.select_device(cfg["workers_id"])
+        if cfg.get("amp") and self.device == "cpu":
+            raise SystemExit("--amp is mixed precision for the GPU; this run is on the CPU, where float16 is slower "
+                             "than float32: leave --amp out")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.log = setup_logging(cfg["outdir"], self.rank)
         self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))

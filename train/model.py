@@ -10,6 +10,7 @@ from head.scf import ConfidenceHead, feature_channels
 
 from .checkpoint import (OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, is_scf, load_checkpoint, load_weights,
                          model_config, read_weights)
+from .amp import LossScale
 from .optim import SGD, Adam
 
 # What a run trains: `optimizer.modules` are the parts it updates; checkpoints hold backbone and head.
@@ -30,7 +31,8 @@ def build_model(cfg, num_classes):
     head = build_head(cfg["head"], cfg["embedding_size"], num_classes, seed=cfg["seed"],
                       shard=cfg["shard_head"], **cfg["head_params"])
     optimizer = SGD({"backbone": backbone, "head": head}, cfg["lr"], cfg["momentum"], cfg["weight_decay"],
-                    local=[f"head/{n}" for n in head.state_dict()] if head.sharded else ())
+                    local=[f"head/{n}" for n in head.state_dict()] if head.sharded else (),
+                    loss_scale=LossScale() if cfg["amp"] else None)
     return TrainingModel(backbone, head, optimizer)
 
 

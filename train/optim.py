@@ -12,6 +12,11 @@ Update rules (torch's and Jittor's, weight decay added to the gradient):
     Adam  g' = g + wd * p;  m, v = moving averages of g', g'^2;  p -= lr * m^ / (sqrt(v^) + eps)
 State (momentum buffers, Adam moments, step count) is named by parameter, e.g.
 `backbone/conv.weight/momentum`, so checkpoints do not depend on parameter order.
+
+With a loss scale (`--amp`, train/amp.py), a step whose gradients (summed over the ranks) are not
+all finite changes nothing and lowers the scale. Without one the step's graph is left exactly as
+it was (so results stay bit-identical), and the training step stops the run on a non-finite loss
+instead; checkpoints refuse non-finite weights (train/checkpoint.py).
 Learning-rate schedules: `stage_lr` (SFace's recipe) and `step_lr` (SCF's StepLR).
 """
 import math
@@ -26,6 +31,7 @@ from util import distributed
 from .checkpoint import CheckpointError
 
 GRADIENTS = "gradients (replicated parameters)"  # what the step's all-reduce carries (benchmark report)
+NON_FINITE = "gradient sum for the finite check (sharded head, --amp)"
 
 
 def named_parameters(modules):
@@ -44,9 +50,11 @@ def batchnorm_parameter_names(modules):
 class Optimizer:
     BUFFERS = ()
 
-    def __init__(self, modules, lr, weight_decay, local=()):
-        """modules: {'backbone': module, 'head': module}; `local`: parameter names held by this rank only."""
+    def __init__(self, modules, lr, weight_decay, local=(), loss_scale=None):
+        """modules: {'backbone': module, 'head': module}; `local`: parameter names held by this rank only;
+        loss_scale: a train.amp.LossScale, or None (no scaling)."""
         self.lr = lr
+        self.loss_scale = loss_scale
         self.modules = modules
         self.params = named_parameters(modules)
         no_decay = batchnorm_parameter_names(modules)
@@ -60,17 +68,49 @@ class Optimizer:
         return {name: p for name, p in self.params.items() if name not in self.local}
 
     def step(self, loss):
+        """Update from this rank's share of the loss; -> False, with nothing changed, when a loss scale is in
+        use and a gradient of the global loss is not finite."""
         names = list(self.params)
-        grads = dict(zip(names, jt.grad(loss, [self.params[n] for n in names])))
+        scale = self.loss_scale.scale if self.loss_scale else 1.0
+        grads = dict(zip(names, jt.grad(loss * scale if scale != 1.0 else loss, [self.params[n] for n in names])))
         shared = [n for n in names if n not in self.local]
         grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], GRADIENTS)))
+        grads = {n: self.unscaled(g, self.params[n], scale) for n, g in grads.items()}
+        # Under a loss scale every update is a select on this flag: a skipped step changes nothing and
+        # the step still runs as one graph (no extra sync).
+        finite = self.all_finite(grads) if self.loss_scale else None
         self.steps += 1
         for name in names:
             p = self.params[name]
-            self.update(p, grads[name].stop_grad() + self.weight_decay[name] * p, self.buffers[name])
-        jt.sync(list(self.params.values()) + [b for bs in self.buffers.values() for b in bs.values()])
+            self.update(p, grads[name] + self.weight_decay[name] * p, self.buffers[name], select(finite))
+        jt.sync(list(self.params.values()) + [b for bs in self.buffers.values() for b in bs.values()]
+                + ([finite] if finite is not None else []))
+        if finite is None:
+            return True
+        applied = bool(finite.item())
+        self.loss_scale.update(applied)
+        self.steps -= not applied
+        return applied
 
-    def update(self, p, g, buffers):
+    @staticmethod
+    def unscaled(grad, param, scale):
+        """The gradient as the parameter's dtype (float16 parts of the graph give float16 ones), unscaled."""
+        grad = grad.stop_grad()
+        if grad.dtype != param.dtype:
+            grad = grad.cast(param.dtype)
+        return grad / scale if scale != 1.0 else grad
+
+    def all_finite(self, grads):
+        """A boolean Var, the same on every rank: whether every gradient element is finite. A NaN or an
+        infinity anywhere makes the sum of all gradients non-finite (a finite sum would need values
+        near 1e38, a diverged run anyway)."""
+        total = sum(g.sum() for g in grads.values())
+        if self.local:
+            total = distributed.all_reduce_sum([total], NON_FINITE)[0]
+        return jt.isfinite(total)
+
+    def update(self, p, g, buffers, keep):
+        """Assign the new parameter and buffers, each through keep(new, old) (see `select`)."""
         raise NotImplementedError
 
     def state_arrays(self):
@@ -94,14 +134,14 @@ class Optimizer:
 class SGD(Optimizer):
     BUFFERS = ("momentum",)
 
-    def __init__(self, modules, lr, momentum, weight_decay, local=()):
-        super().__init__(modules, lr, weight_decay, local)
+    def __init__(self, modules, lr, momentum, weight_decay, local=(), loss_scale=None):
+        super().__init__(modules, lr, weight_decay, local, loss_scale)
         self.momentum = momentum
 
-    def update(self, p, g, buffers):
+    def update(self, p, g, buffers, keep):
         v = buffers["momentum"]
-        v.update(self.momentum * v + g)
-        p.update(p - self.lr * v)
+        v.update(keep(self.momentum * v + g, v))
+        p.update(keep(p - self.lr * v, p))
 
 
 class Adam(Optimizer):
@@ -111,13 +151,21 @@ class Adam(Optimizer):
         super().__init__(modules, lr, weight_decay, local)
         self.betas, self.eps = betas, eps
 
-    def update(self, p, g, buffers):
+    def update(self, p, g, buffers, keep):
         b1, b2 = self.betas
         m, v = buffers["exp_avg"], buffers["exp_avg_sq"]
-        m.update(b1 * m + (1 - b1) * g)
-        v.update(b2 * v + (1 - b2) * g * g)
+        m.update(keep(b1 * m + (1 - b1) * g, m))
+        v.update(keep(b2 * v + (1 - b2) * g * g, v))
         step_size = self.lr * math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
-        p.update(p - step_size * m / (jt.sqrt(v) + self.eps * math.sqrt(1 - b2 ** self.steps)))
+        p.update(keep(p - step_size * m / (jt.sqrt(v) + self.eps * math.sqrt(1 - b2 ** self.steps)), p))
+
+
+def select(finite):
+    """keep(new, old) for the updates: new where `finite` holds (old otherwise); the new value itself when
+    there is no flag, so the graph is the plain update's."""
+    if finite is None:
+        return lambda new, old: new
+    return lambda new, old: jt.ternary(finite, new, old)
 
 
 def stage_lr(cfg, epoch):

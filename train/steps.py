@@ -11,23 +11,46 @@ from head.common import cosine, target_mask
 from head.scf import scf_loss
 from util import distributed
 
+from .amp import float16_scope
+
+
+class NonFiniteError(ArithmeticError):
+    pass
+
 
 def step_figures(figures, share, counts):
     """This rank's figures (scalar Vars, means over its images) and counts -> the global batch's, as one step."""
     return dict(distributed.global_figures({k: v.item() for k, v in figures.items()}, share, counts), steps=1)
 
 
-def sface_step(model, seed, images, labels, step):
-    """Backbone and loss head (any head of head/) learn together (SGD)."""
+def stop_if_not_finite(stats, step):
+    """A NaN or infinite loss stops the run here, before these weights can be written: the last checkpoint
+    is the last good state (under --amp such a step was skipped instead, see train/amp.py)."""
+    if not np.isfinite(stats["loss"]):
+        raise NonFiniteError(f"training step {step + 1}: the loss is {stats['loss']} (diverged, or bad input); "
+                             "stopped before writing these weights, so the last checkpoint is the last finite "
+                             "state: resume from it with a lower --lr")
+
+
+def sface_step(model, seed, images, labels, step, amp=False):
+    """Backbone and loss head (any head of head/) learn together (SGD); with `amp` the backbone runs in
+    float16 and the head in float32 (train/amp.py)."""
     rank = distributed.rank()
     jt.set_seed((seed * 1_000_003 + step) * 1_009 + rank)  # dropout masks from (seed, step, rank): resumable
-    out = model.head(model.backbone(jt.array(images)), jt.array(labels), step)
+    with float16_scope(amp):
+        embeddings = model.backbone(jt.array(images))
+    out = model.head(embeddings.float32() if amp else embeddings, jt.array(labels), step)
     # Each rank minimises (and reports) its part of the global batch's loss: a sharded head's output
     # already is one; the others' are means over this rank's images, weighted by its share of the batch.
     share = 1.0 if model.head.sharded else distributed.batch_share(len(labels))
     model.optimizer.step(out.loss * share)
     figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts}
-    return step_figures(figures, share, {"correct": out.correct.item(), "samples": len(labels)})
+    stats = step_figures(figures, share, {"correct": out.correct.item(), "samples": len(labels)})
+    if amp:
+        stats["loss_scale"] = model.optimizer.loss_scale.scale
+    else:
+        stop_if_not_finite(stats, step)
+    return stats
 
 
 def scf_step(model, centres, cfg, images, labels, step):
@@ -43,5 +66,7 @@ def scf_step(model, centres, cfg, images, labels, step):
     loss = scf_loss(kappa, cos_target, cfg["embedding_size"], cfg["radius"])
     share = distributed.batch_share(len(labels))
     model.optimizer.step(loss * share)
-    return step_figures({"loss": loss, "kappa": kappa.mean(), "cos_target": cos_target.mean()}, share,
-                        {"samples": len(labels)})
+    stats = step_figures({"loss": loss, "kappa": kappa.mean(), "cos_target": cos_target.mean()}, share,
+                         {"samples": len(labels)})
+    stop_if_not_finite(stats, step)
+    return stats
