@@ -11,6 +11,14 @@ DEFAULT_INPUT_MEAN = 127.5
 DEFAULT_INPUT_SCALE = 1.0 / 128.0
 
 
+def checked_input_size(network, input_size):
+    """(height, width) of a network's input; each of the four stride-2 stages halves it, so both must divide by 16."""
+    height, width = input_size
+    if height % 16 or width % 16:
+        raise ValueError(f"{network} input size must be a multiple of 16, got {height}x{width}")
+    return height, width
+
+
 class InputNorm(nn.Module):
     def __init__(self, mean, scale):
         self.mean = float(mean)

@@ -5,7 +5,7 @@ state_dicts map onto these modules key for key.
 """
 from jittor import nn
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, reference_init
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 
 UNITS_PER_STAGE = {
     18: (2, 2, 2, 2),
@@ -73,9 +73,7 @@ class IResNet(nn.Module):
                  dropout=0.5, input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):
         if num_layers not in UNITS_PER_STAGE:
             raise ValueError(f"IR depth must be one of {sorted(UNITS_PER_STAGE)}, got {num_layers}")
-        height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"IR input size must be a multiple of 16, got {height}x{width}")
+        height, width = checked_input_size("IR", input_size)
         self.input_norm = InputNorm(input_mean, input_scale)
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False),

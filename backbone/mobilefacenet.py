@@ -6,7 +6,7 @@ fc1 (2e-5); activations are per-channel PReLU; there is no dropout.
 """
 from jittor import nn
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, reference_init
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 
 BN_EPS = 1e-3
 EMBEDDING_BN_EPS = 2e-5
@@ -65,9 +65,7 @@ class MobileFaceNet(nn.Module):
 
     def __init__(self, input_size=(112, 112), embedding_size=512,
                  input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):
-        height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"MobileFaceNet input size must be a multiple of 16, got {height}x{width}")
+        height, width = checked_input_size("MobileFaceNet", input_size)
         self.input_norm = InputNorm(input_mean, input_scale)
         self.conv_1 = ConvBlock(3, 64, kernel=3, stride=2, padding=1)  # H/2
         self.conv_2_dw = ConvBlock(64, 64, kernel=3, stride=1, padding=1, groups=64)

@@ -11,7 +11,7 @@ import math
 import jittor as jt
 from jittor import nn
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size
 
 UNITS_PER_STAGE = {4: (0, 0, 0, 0), 20: (1, 2, 4, 1), 36: (2, 4, 8, 2), 64: (3, 8, 16, 3)}
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -50,9 +50,7 @@ class SphereNet(nn.Module):
                  input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):
         if num_layers not in UNITS_PER_STAGE:
             raise ValueError(f"SphereFace depth must be one of {sorted(UNITS_PER_STAGE)}, got {num_layers}")
-        height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"SphereFace input size must be a multiple of 16, got {height}x{width}")
+        height, width = checked_input_size("SphereFace", input_size)
         self.input_norm = InputNorm(input_mean, input_scale)
         stages, in_channels = [], 3
         for channels, units in zip(STAGE_CHANNELS, UNITS_PER_STAGE[num_layers]):

@@ -76,28 +76,33 @@ class SoftmaxHead(ClassCentres):
         return classification_output(logits, cos, target_mask(labels, cos))
 
 
-class AdditiveCosineHead(ClassCentres):
+class MarginHead(ClassCentres):
+    """Scale s and margin m on the target cosine, as `margin_logits(cos, mask, s, m)` applies them."""
+    margin_logits = None
+
+    def __init__(self, embedding_size, num_classes, s, m, seed=0):
+        super().__init__(embedding_size, num_classes, seed)
+        self.s, self.m = s, m
+
+    def execute(self, embeddings, labels, step=0):
+        cos = cosine(embeddings, self.weight)
+        mask = target_mask(labels, cos)
+        return classification_output(self.margin_logits(cos, mask, self.s, self.m), cos, mask)
+
+
+class AdditiveCosineHead(MarginHead):
     """CosFace (s=64, m=0.35) and AM-Softmax (s=30, m=0.35)."""
+    margin_logits = staticmethod(additive_cosine_logits)
 
     def __init__(self, embedding_size, num_classes, s=64.0, m=0.35, seed=0):
-        super().__init__(embedding_size, num_classes, seed)
-        self.s, self.m = s, m
-
-    def execute(self, embeddings, labels, step=0):
-        cos = cosine(embeddings, self.weight)
-        mask = target_mask(labels, cos)
-        return classification_output(additive_cosine_logits(cos, mask, self.s, self.m), cos, mask)
+        super().__init__(embedding_size, num_classes, s, m, seed)
 
 
-class ArcFaceHead(ClassCentres):
+class ArcFaceHead(MarginHead):
+    margin_logits = staticmethod(additive_angular_logits)
+
     def __init__(self, embedding_size, num_classes, s=64.0, m=0.5, seed=0):
-        super().__init__(embedding_size, num_classes, seed)
-        self.s, self.m = s, m
-
-    def execute(self, embeddings, labels, step=0):
-        cos = cosine(embeddings, self.weight)
-        mask = target_mask(labels, cos)
-        return classification_output(additive_angular_logits(cos, mask, self.s, self.m), cos, mask)
+        super().__init__(embedding_size, num_classes, s, m, seed)
 
 
 class SphereFaceHead(ClassCentres):

@@ -63,7 +63,7 @@ def select_device(workers_id):
 
 
 def _comm():
-    from mpi4py import MPI  # imported after jittor, which owns MPI_Init/Finalize
+    from mpi4py import MPI  # on first use: only under mpirun, where Jittor has already started MPI
     return MPI.COMM_WORLD
 
 
@@ -79,10 +79,7 @@ def sum_arrays(array):
 
 
 def max_int(value):
-    if not in_mpi():
-        return int(value)
-    from mpi4py import MPI
-    return int(_comm().allreduce(int(value), op=MPI.MAX))
+    return int(value) if not in_mpi() else max(_comm().allgather(int(value)))
 
 
 def gather_counts(count):
