@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 import onnx
 from jittor import nn
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from backbone.common import Flatten, InputNorm
@@ -32,7 +33,7 @@ ARITHMETIC_LAYERS = (InputNorm,)
 
 
 class ExportError(ValueError):
-    """A model the exporter cannot write as ONNX; the message names the file or layer."""
+    """A model the exporter cannot write as ONNX, or an unreadable .onnx; the message names the file or layer."""
 
 
 class Graph:
@@ -218,3 +219,12 @@ def backbone_onnx(backbone, input_hw, batch=1, opset=DEFAULT_OPSET, source="back
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # also types the output N x D
     onnx.checker.check_model(model)
     return model
+
+
+def onnx_input_size(path):
+    """(H, W) of the faces an exported model takes."""
+    try:
+        dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    except (OSError, DecodeError) as e:
+        raise ExportError(f"{path}: not a readable ONNX model ({e})") from None
+    return tuple(d.dim_value for d in dims[2:])

@@ -3,6 +3,7 @@
 Error measure: max |onnx - jittor| over all elements, divided by max |jittor| (relative to the
 embedding's scale, so near-zero elements do not inflate it).
 """
+import json
 import os
 import subprocess
 import sys
@@ -16,14 +17,15 @@ import pytest
 from jittor import nn
 
 from backbone import build_backbone
-from conftest import DEMO_ROOT, REPO_ROOT, shared_path
+from conftest import DEMO_ROOT, REPO_ROOT, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
 from interop.onnx_export import ExportError, backbone_onnx
 from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
 from train.model import load_model
 
 TOLERANCE = 1e-4
-EXPORT = os.path.join(REPO_ROOT, "tools", "export_onnx.py")
+EXPORT, EVAL_OPENCV, VERIFY = (os.path.join(REPO_ROOT, "tools", name)
+                               for name in ("export_onnx.py", "eval_opencv.py", "verify_faces.py"))
 # What OpenCV 4.x DNN reads; no Shape, Gather, Concat or other shape arithmetic.
 STATIC_OPS = {"Conv", "BatchNormalization", "PRelu", "Add", "Sub", "Mul", "MaxPool", "Flatten", "Gemm",
               "GlobalAveragePool", "Relu", "Sigmoid"}
@@ -168,3 +170,64 @@ def test_the_imported_insightface_model_through_opencv_on_real_lfw_faces(tmp_pat
     error = relative_error(np.concatenate([recognizer.feature(b) for b in bgr]), expected)
     print(f"InsightFace MobileFaceNet, FaceRecognizerSF on LFW faces: relative error {error:.2e}")
     assert error < TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A MobileFaceNet checkpoint with random weights and its export by the tool."""
+    root = tmp_path_factory.mktemp("exported")
+    checkpoint, out = str(root / "mfn.npz"), str(root / "mfn.onnx")
+    config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128}
+    backbone = randomise(build_backbone("MobileFaceNet", (112, 112), 128))
+    save_checkpoint(checkpoint, {"config": config}, module_arrays(backbone), {})
+    result = run_tool(EXPORT, "--checkpoint", checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return checkpoint, out
+
+
+def test_opencv_scores_a_pair_set_as_the_jittor_evaluation_does(exported, tmp_path):
+    checkpoint, onnx_path = exported
+    pairs, outdir = small_pairs_folder(str(tmp_path / "pairs"), per_fold=2), str(tmp_path / "eval")
+    result = run_tool(os.path.join(REPO_ROOT, "eval_SFace_jittor.py"), "--checkpoint", checkpoint, "--target", pairs,
+                      "--outdir", outdir, "--workers_id", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_tool(EVAL_OPENCV, "--model", onnx_path, "--target", pairs, "--compare",
+                      os.path.join(outdir, "results.json"), "--tolerance", "0")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "40 pairs through cv2.FaceRecognizerSF" in result.stdout and "difference 0.000 points" in result.stdout
+
+
+def verify(*args):
+    faces = [os.path.join(DEMO_ROOT, "images", f) for f in DEMO_FACES]
+    return run_tool(VERIFY, *faces, *args)
+
+
+def test_verify_faces_takes_its_threshold_from_the_evaluation(exported, tmp_path):
+    checkpoint, onnx_path = exported
+    jittor = verify("--model", checkpoint, "--threshold", "-1")
+    assert jittor.returncode == 0 and "same person" in jittor.stdout, jittor.stderr[-2000:]
+    similarity = float(jittor.stdout.split()[2])
+    results = str(tmp_path / "results.json")
+    with open(results, "w") as f:
+        json.dump({"checkpoint": checkpoint, "results": [
+            {"target": "lfw", "threshold": 2 - 2 * (similarity + 0.01), "threshold_at_far": {
+                "0.001": 2 - 2 * (similarity - 0.01), "0.0001": None}},
+            {"target": "lfw-scf", "threshold": 5.0}]}, f)
+    at_far = verify("--model", onnx_path, "--results", results)  # the export answers as its checkpoint does
+    assert at_far.returncode == 0, at_far.stderr[-2000:]
+    assert at_far.stdout.split()[2] == f"{similarity:.4f}"
+    assert f"threshold {similarity - 0.01:.4f}: the threshold at FAR 0.001 on lfw" in at_far.stdout
+    assert "same person" in at_far.stdout and "note" not in at_far.stdout
+    best = verify("--model", onnx_path, "--results", results, "--best_accuracy")
+    assert f"threshold {similarity + 0.01:.4f}: the best-accuracy" in best.stdout and "different people" in best.stdout
+    unreachable = verify("--model", onnx_path, "--results", results, "--far", "1e-4")
+    assert unreachable.returncode == 1 and "no threshold keeps FAR at 0.0001" in unreachable.stderr
+
+
+def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_path):
+    big = str(tmp_path / "photo.png")
+    cv2.imwrite(big, np.zeros((250, 250, 3), np.uint8))
+    result = run_tool(VERIFY, big, big, "--model", exported[1])
+    assert result.returncode == 1
+    assert f"error: {big}: a 250x250 image, the model takes aligned 112x112 faces" in result.stderr
+    assert "alignCrop" in result.stderr
