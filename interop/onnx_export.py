@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from backbone.common import Flatten, InputNorm
 from backbone.ir import Subsample
 
-DEFAULT_OPSET = 13
+DEFAULT_OPSET = 13  # read by OpenCV 4.x and onnxruntime alike (checked: OpenCV 4.11, onnxruntime 1.20)
 # Gemm's bias is optional from opset 11; the nodes written here mean the same up to the newest opset.
 MIN_OPSET = 11
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
@@ -167,7 +167,7 @@ LAYERS = {
 
 def leaf_layers(backbone):
     """(name, module) of each module without sub-modules."""
-    named = [(name, m) for name, m in backbone.named_modules()]
+    named = backbone.named_modules()
     parents = {name.rpartition(".")[0] for name, _ in named if name}
     return [(name, m) for name, m in named if name not in parents]
 
@@ -184,6 +184,9 @@ def trace(backbone, graph, x, source):
         return backbone(x)
     except ExportError as e:
         raise ExportError(f"{source}: {e}") from None
+    except (TypeError, RuntimeError) as e:  # a Jittor function was given the symbolic tensor
+        raise ExportError(f"{source}: the backbone calls a Jittor function this exporter cannot follow "
+                          f"({type(e).__name__}; see the chained traceback)") from e
     finally:
         for layer in known:
             del layer.execute
@@ -206,7 +209,7 @@ def backbone_onnx(backbone, input_hw, batch=1, opset=DEFAULT_OPSET, source="back
     output = trace(backbone, graph, Value(graph, INPUT_NAME, 4), source)
     if not isinstance(output, Value) or output.ndim != 2:
         raise ExportError(f"{source}: the backbone's output is not an N x D embedding")
-    for node in graph.nodes:  # the last node's output becomes the graph's named output
+    for node in graph.nodes:  # the node giving the embedding names it
         node.output[:] = [OUTPUT_NAME if name == output.name else name for name in node.output]
     batch_dim = DYNAMIC_BATCH if batch == "dynamic" else int(batch)
     model = helper.make_model_gen_version(

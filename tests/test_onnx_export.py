@@ -139,6 +139,16 @@ def test_the_tool_exports_an_scf_checkpoint_backbone_with_its_own_normalisation_
     assert relative_error(onnxruntime_embeddings(out, images, one_at_a_time=False), expected) < TOLERANCE
 
 
+class CallsJittor(nn.Module):
+    """A composite module computing with a Jittor function the tracer cannot see into."""
+
+    def __init__(self):
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def execute(self, x):
+        return jt.maximum(self.conv(x), 0.0)
+
+
 def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
     weights_only = str(tmp_path / "weights.npz")
     save_checkpoint(weights_only, {}, {"w": np.zeros(2, np.float32)}, {})
@@ -149,6 +159,8 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
     backbone.conv_6_flatten = nn.Tanh()
     with pytest.raises(ExportError, match=r"odd\.npz: layer 'conv_6_flatten' \(Tanh\) has no ONNX form"):
         backbone_onnx(backbone, (112, 112), source="odd.npz")
+    with pytest.raises(ExportError, match=r"odd\.npz: the backbone calls a Jittor function"):
+        backbone_onnx(CallsJittor(), (16, 16), source="odd.npz")
     with pytest.raises(ExportError, match="opset 7 is not supported"):
         backbone_onnx(build_backbone("SphereFace4"), (112, 96), opset=7)
 
