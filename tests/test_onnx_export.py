@@ -116,7 +116,10 @@ def test_onnxruntime_and_opencv_give_the_jittor_embedding(net, input_hw, tmp_pat
 
 
 def run_tool(script, *args):
-    return subprocess.run([sys.executable, script, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    """The tool in a fresh shell's environment: without the nvcc_path conftest set, it must choose its build itself."""
+    env = {k: v for k, v in os.environ.items() if k != "nvcc_path"}
+    return subprocess.run([sys.executable, script, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
 
 
 def test_the_tool_exports_an_scf_checkpoint_backbone_with_its_own_normalisation_and_a_dynamic_batch(tmp_path):

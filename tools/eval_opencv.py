@@ -17,6 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import util.runtime  # noqa: E402,F401  (the exporter's module imports Jittor)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
