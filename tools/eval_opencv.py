@@ -35,7 +35,8 @@ def opencv_features(model_path, pair_set):
     """Features of each distinct image and of its mirror image, from FaceRecognizerSF."""
     recognizer = cv2.FaceRecognizerSF.create(model_path, "")
     features, mirrored = [], []
-    for i in tqdm(range(len(pair_set.encoded)), desc=f"FaceRecognizerSF on {pair_set.name}", leave=False):
+    for i in tqdm(range(len(pair_set.encoded)), desc=f"FaceRecognizerSF on {pair_set.name}", leave=False,
+                  disable=None):  # a bar only on a terminal
         bgr = np.ascontiguousarray(pair_set.decode(i, FACE_SIZE)[:, :, ::-1])  # decoded RGB -> OpenCV's order
         features.append(recognizer.feature(bgr)[0])
         mirrored.append(recognizer.feature(cv2.flip(bgr, 1))[0])
