@@ -64,17 +64,23 @@ def kfold_accuracy(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, num_folds
 
 
 def roc_figures(distances, issame, far_targets=FAR_TARGETS):
-    """ROC over all pairs: fpr, tpr, AUC, EER and TAR at each FAR target.
+    """ROC over all pairs: fpr, tpr, AUC, EER, and TAR at each FAR target with its distance threshold.
 
     TAR@FAR is the highest true-accept rate whose false-accept rate does not exceed the
     target; with few negative pairs (3000 on LFW) FAR below 1/3000 means zero false accepts.
+    Its threshold (accept when distance <= it) is what a deployment takes; None when only
+    accepting nothing keeps the false accepts that low.
     """
     issame = np.asarray(issame, dtype=bool)
-    fpr, tpr, _ = roc_curve(issame, -distances)
-    tar = {far: float(tpr[fpr <= far].max()) for far in far_targets}
+    fpr, tpr, score_thresholds = roc_curve(issame, -distances)
+    at_far = {far: np.searchsorted(fpr, far, side="right") - 1 for far in far_targets}  # fpr is non-decreasing
+    tar = {far: float(tpr[i]) for far, i in at_far.items()}
+    threshold = {far: float(-score_thresholds[i]) if np.isfinite(score_thresholds[i]) else None
+                 for far, i in at_far.items()}
     # fpr - (1 - tpr) rises from -1 to 1 along the curve; the EER is where it crosses 0.
     eer = float(np.interp(0.0, fpr - (1.0 - tpr), fpr))
-    return {"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(issame, -distances)), "eer": eer, "tar_at_far": tar}
+    return {"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(issame, -distances)), "eer": eer, "tar_at_far": tar,
+            "threshold_at_far": threshold}
 
 
 def score_thresholds(distances):
@@ -96,5 +102,6 @@ def verification_report(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, raw_
         "auc": roc["auc"],
         "eer": roc["eer"],
         "tar_at_far": {f"{far:g}": tar for far, tar in roc["tar_at_far"].items()},
+        "threshold_at_far": {f"{far:g}": t for far, t in roc["threshold_at_far"].items()},
         "roc": (roc["fpr"], roc["tpr"]),
     }

@@ -7,6 +7,8 @@ from head.vmf import log_vmf_normaliser
 
 from .protocol import score_thresholds, verification_report
 
+SCF_TARGET_SUFFIX = "-scf"  # names the eq. 13 row of a target; its thresholds are scores, not distances
+
 
 def pair_scores(mu1, kappa1, mu2, kappa2, radius=64.0):
     """SCF eq. 13, numpy: log C(k1) + log C(k2) - log C(|k1 mu1 + k2 mu2|) - d log r, per pair.
@@ -36,4 +38,4 @@ def scf_report(target, features, radius):
     scores = pair_scores(mu[pairs[:, 0]], kappa[pairs[:, 0]].astype(np.float64), mu[pairs[:, 1]],
                          kappa[pairs[:, 1]].astype(np.float64), radius)
     report = verification_report(-scores, target.pair_set.issame, score_thresholds(-scores))
-    return dict(report, target=f"{target.name}-scf", pairs=len(pairs))
+    return dict(report, target=target.name + SCF_TARGET_SUFFIX, pairs=len(pairs))

@@ -65,6 +65,9 @@ def test_tar_at_far_auc_and_eer():
     assert roc["tar_at_far"][0.25] == pytest.approx(1.0)  # one false accept allowed: threshold past 0.9
     assert roc["auc"] == pytest.approx(roc_auc_score(issame, -distances)) == pytest.approx(15 / 16)
     assert roc["eer"] == pytest.approx(0.25)
+    # accepting distance <= the threshold gives exactly that TAR at no more than that FAR
+    assert roc["threshold_at_far"] == {0.0: pytest.approx(0.3), 0.25: pytest.approx(0.9)}
+    assert roc_figures(distances[::-1], ~issame[::-1], far_targets=(0.0,))["threshold_at_far"] == {0.0: None}
 
 
 def test_flip_fusion_distances_and_xnorm():

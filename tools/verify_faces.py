@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Are two aligned faces the same person? Their cosine similarity and a same/different answer.
+
+    python3 tools/verify_faces.py a.jpg b.jpg --model models/run.onnx     # threshold from eval_results/results.json
+    python3 tools/verify_faces.py a.jpg b.jpg --model results/run/best.npz --threshold 0.3
+
+Faces must be aligned as for training: 112x112 (cut to 112x96 for such models) with the 5-point
+template, e.g. by OpenCV's FaceDetectorYN and FaceRecognizerSF.alignCrop. Each face is embedded with
+its mirror image and the two summed, as the evaluation does, so the evaluation's thresholds apply:
+without --threshold, the one of an eval_SFace_jittor.py results.json for the target (at FAR 1e-3 by
+default; a squared distance d is the cosine 1 - d/2). An .onnx runs in onnxruntime, a .npz in Jittor.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import util.runtime  # noqa: E402,F401
+
+import jittor as jt  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from data.image_list import decode_image, fit_input_size  # noqa: E402
+from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
+from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
+from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
+from train.checkpoint import CheckpointError  # noqa: E402
+from train.model import load_model  # noqa: E402
+
+ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
+              "cv2.FaceRecognizerSF.alignCrop(image, face) warps it (README, Deployment)")
+DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jittor.py's default --outdir
+
+
+class UsageError(ValueError):
+    """Bad input to this tool; the message names the file."""
+
+
+def onnx_embedder(path):
+    """-> (input H x W, N x 3 x H x W float32 -> N x D, the checkpoint it was exported from or None)."""
+    input_hw = onnx_input_size(path)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def embed(x):  # one at a time: the export's batch may be fixed at 1
+        return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return input_hw, embed, session.get_modelmeta().custom_metadata_map.get("source_checkpoint")
+
+
+def jittor_embedder(path):
+    model = load_model(path)
+
+    def embed(x):
+        with jt.no_grad():
+            return model.backbone(jt.array(x)).numpy()
+    return tuple(model.config["input_hw"]), embed, path
+
+
+def read_face(path, input_hw):
+    """An aligned face as H x W x 3 uint8 RGB (a 112x112 one cut to 112x96 for such models)."""
+    try:
+        with open(path, "rb") as f:
+            image = decode_image(f.read())
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+    if image is None:
+        raise UsageError(f"{path}: not a decodable image")
+    face, problem = fit_input_size(image, input_hw)
+    if problem is not None:
+        height, width = input_hw
+        raise UsageError(f"{path}: a {image.shape[0]}x{image.shape[1]} image, the model takes aligned {height}x{width} "
+                         f"faces{' (or 112x112 ones, cut to it)' if width < 112 else ''}; {ALIGN_HINT}")
+    return face
+
+
+def read_results(path):
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        return results["checkpoint"], {r["target"]: r for r in results["results"]
+                                       if not r["target"].endswith(SCF_TARGET_SUFFIX)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a readable results.json of eval_SFace_jittor.py ({e!r})") from None
+
+
+def evaluation_threshold(results_path, target, far):
+    """-> (cosine threshold, where it comes from, the checkpoint evaluated) out of a results.json."""
+    checkpoint, rows = read_results(results_path)
+    if target is None and len(rows) != 1:
+        raise UsageError(f"{results_path}: choose a target with --target: {', '.join(rows)}")
+    row = rows.get(target or next(iter(rows)))
+    if row is None:
+        raise UsageError(f"{results_path}: no results for target '{target}'; it has {', '.join(rows)}")
+    if far is None:
+        distance, how = row["threshold"], "the best-accuracy threshold (10-fold mean)"
+    else:
+        at_far = row.get("threshold_at_far", {})
+        if f"{far:g}" not in at_far:
+            raise UsageError(f"{results_path}: no threshold at FAR {far:g} (evaluations record "
+                             f"{', '.join(f'{f:g}' for f in FAR_TARGETS)}); evaluate again, or use --best_accuracy")
+        distance, how = at_far[f"{far:g}"], f"the threshold at FAR {far:g}"
+        if distance is None:
+            raise UsageError(f"{results_path}: on {row['target']} no threshold keeps FAR at {far:g}; "
+                             f"use --best_accuracy or --threshold")
+    return 1 - distance / 2, f"{how} on {row['target']} in {results_path}", checkpoint
+
+
+def cosine_similarity(model_path, image_paths):
+    """-> (cosine of the two faces' flip-summed embeddings, the checkpoint the model comes from or None)."""
+    input_hw, embed, source = (onnx_embedder if model_path.endswith(".onnx") else jittor_embedder)(model_path)
+    faces = np.stack([read_face(path, input_hw) for path in image_paths])
+    x = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)
+    unit = flip_fused(embed(x), embed(np.ascontiguousarray(x[..., ::-1])))
+    return float(unit[0] @ unit[1]), source
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs=2, metavar="IMAGE", help="two aligned face images")
+    p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) or a .npz checkpoint")
+    p.add_argument("--threshold", type=float, help="cosine similarity from which two faces count as the same person")
+    p.add_argument("--results", help=f"an eval_SFace_jittor.py results.json to take the threshold from "
+                                     f"(default: {DEFAULT_RESULTS} when it exists)")
+    p.add_argument("--target", help="which of its targets (needed when it holds several)")
+    p.add_argument("--far", type=float, default=FAR_TARGETS[0],
+                   help="take the evaluation's threshold at this false-accept rate (default: %(default)g)")
+    p.add_argument("--best_accuracy", action="store_true", help="take its best-accuracy threshold instead")
+    args = p.parse_args(argv)
+    results = args.results or DEFAULT_RESULTS
+    try:
+        similarity, source = cosine_similarity(args.model, args.images)
+        threshold, evaluated = args.threshold, None
+        if threshold is None and (args.results or os.path.isfile(results)):
+            threshold, how, evaluated = evaluation_threshold(results, args.target,
+                                                                None if args.best_accuracy else args.far)
+    except (CheckpointError, ExportError, UsageError) as e:  # the message names the file at fault
+        sys.exit(f"error: {e}")
+    print(f"cosine similarity {similarity:.4f}")
+    if threshold is None:
+        print(f"no threshold: give --threshold, or evaluate the model (eval_SFace_jittor.py --checkpoint ... "
+              f"--target lfw) to take one from {results}")
+        return
+    if evaluated is not None:
+        print(f"threshold {threshold:.4f}: {how}")
+        if source is None or os.path.realpath(evaluated) != os.path.realpath(source):
+            print(f"note: that evaluation scored {evaluated}, not {source or 'the checkpoint of ' + args.model}")
+    print("same person" if similarity >= threshold else "different people")
+
+
+if __name__ == "__main__":
+    main()
