@@ -109,16 +109,59 @@ def write_property(path, num_classes, image_size):
     write_atomically(path, f"{num_classes},{image_size[0]},{image_size[1]}\n".encode())
 
 
-def decode_image(data):
-    """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image.
+SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
+STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length field
 
-    OpenCV fills a truncated JPEG with grey and only warns on stderr; a JPEG must
-    therefore end with its end-of-image marker (trailing zero padding allowed).
+
+def entropy_data_end(data, pos):
+    """Index of the marker that ends the compressed data starting at `pos`, or -1 if the data runs out first.
+
+    Inside it, 0xFF is followed by 0x00 (a stuffed byte), an RST marker or more 0xFF fill bytes.
     """
-    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < len(data):
+        following = data[pos + 1]
+        if following not in (0x00, 0xFF) and following not in STANDALONE_MARKERS:
+            return pos
+        pos += 1 if following == 0xFF else 2
+    return -1
+
+
+def jpeg_is_whole(data):
+    """Whether a JPEG's segments, read in order as a decoder reads them, reach the end-of-image marker.
+
+    A file cut short never gets there (OpenCV would fill the missing part with grey and only
+    warn); bytes after the marker are ignored, as decoders ignore them.
+    """
+    pos = 2
+    while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < len(data):  # bytes before a marker are skipped
+        marker = data[pos + 1]
+        if marker == EOI:
+            return True
+        if marker == 0xFF or marker in STANDALONE_MARKERS:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos = entropy_data_end(data, end) if marker == SOS else end
+        if pos == -1:
+            return False
+    return False
+
+
+def decode_image(data):
+    """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image (an empty file included).
+
+    The one decoder of training, the data tools and evaluation: validity is decided by decoding,
+    and for a JPEG by its segments reaching the end-of-image marker (see jpeg_is_whole).
+    """
+    if not data or data[:2] == bytes((0xFF, SOI)) and not jpeg_is_whole(data):
         return None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def undecodable(data):
+    """Why `decode_image` returned None for `data`, as messages say it."""
+    return "not a decodable image" + ("" if data else " (an empty file)")
 
 
 def parse_size(text):
@@ -149,7 +192,7 @@ def prepare_image(data, input_size):
     """Encoded bytes -> (H x W x 3 uint8 RGB of the network's input size, None) or (None, reason)."""
     image = decode_image(data)
     if image is None:
-        return None, "not a decodable image"
+        return None, undecodable(data)
     return fit_input_size(image, input_size)
 
 
