@@ -5,6 +5,7 @@ reported as `file:line: problem`. Images themselves are decoded lazily; one that
 missing or cannot be decoded is reported by `ImageListDataset.load` instead. The data tools
 write lists and property files through `write_list` / `write_property`, atomically.
 """
+import codecs
 import os
 from dataclasses import dataclass
 
@@ -31,10 +32,26 @@ class ImageList:
     image_size: tuple = None  # (height, width) from `property`, None without one
 
 
+def text_lines(path):
+    """(line number, text) of each line of a UTF-8 text file (imgs.txt, property, pairs.txt, train.idx).
+
+    A leading byte-order mark (some Windows editors write one) is dropped; a line that is not
+    UTF-8 is refused naming `path:LINE`, instead of a traceback that names no file.
+    """
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, 1):
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{line_number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); save the file as UTF-8") from None
+
+
 def read_property(path):
     """`NUM_CLASS,H,W` -> (num_classes, (H, W))."""
-    with open(path) as f:
-        text = f.read().strip()
+    text = "".join(line for _, line in text_lines(path)).strip()
     fields = text.split(",")
     try:
         num_classes, height, width = (int(v) for v in fields)
@@ -45,11 +62,14 @@ def read_property(path):
     return num_classes, (height, width)
 
 
+LINE_FORMAT = "'<relative path> <label>' (the label is the last field; the path may contain spaces)"
+
+
 def parse_list_line(line, list_file, line_number):
-    """`path label` -> (path, label); the path may contain spaces."""
+    """`path label` -> (path, label): the label is the last field, the path all before it."""
     fields = line.rsplit(maxsplit=1)
     if len(fields) != 2:
-        raise DataError(f"{list_file}:{line_number}: expected '<relative path> <label>', got '{line}'")
+        raise DataError(f"{list_file}:{line_number}: expected {LINE_FORMAT}, got '{line}'")
     path, label_text = fields
     try:
         label = int(label_text)
@@ -60,20 +80,28 @@ def parse_list_line(line, list_file, line_number):
     return path, label
 
 
+def check_spaced_path(root, path, where, line):
+    """A path with spaces that does not exist, though its first word names a file, means a field too many."""
+    first = path.split(maxsplit=1)[0]
+    if first != path and os.path.isfile(os.path.join(root, first)) and not os.path.exists(os.path.join(root, path)):
+        raise DataError(f"{where}: expected {LINE_FORMAT}, got '{line}': read so, the path is '{path}', which does "
+                        f"not exist, while '{first}' does: a field too many?")
+
+
 def read_image_list(root, list_name=LIST_NAME):
     list_file = os.path.join(root, list_name)
     if not os.path.isfile(list_file):
         raise DataError(f"{list_file}: no such file (the data root must hold '{list_name}')")
     paths, labels, line_numbers = [], [], []
-    with open(list_file, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            path, label = parse_list_line(line, list_file, line_number)
-            paths.append(path)
-            labels.append(label)
-            line_numbers.append(line_number)
+    for line_number, line in text_lines(list_file):
+        line = line.strip()
+        if not line:
+            continue
+        path, label = parse_list_line(line, list_file, line_number)
+        check_spaced_path(root, path, f"{list_file}:{line_number}", line)
+        paths.append(path)
+        labels.append(label)
+        line_numbers.append(line_number)
     if not paths:
         raise DataError(f"{list_file}: the list holds no images")
     labels = np.asarray(labels, dtype=np.int64)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_list import DataError, prepare_image
+from .image_list import DataError, prepare_image, text_lines
 
 PAIRS_NAME = "pairs.txt"
 IMAGES_DIR = "images"
@@ -47,8 +47,7 @@ class _Distinct:
 
 def parse_pairs_txt(path):
     """LFW View 2 `pairs.txt` -> [(line, name1, n1, name2, n2, same)], checked against its header."""
-    with open(path) as f:
-        lines = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    lines = [(n, line.split()) for n, line in text_lines(path) if line.strip()]
     if not lines:
         raise DataError(f"{path}: empty pairs file")
     expected = None
