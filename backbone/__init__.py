@@ -23,9 +23,18 @@ BACKBONES = {
 }
 
 
-def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
+def check_backbone(name, input_size):
+    """A ValueError for a name or an input size no backbone here can take, before anything is built."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")
+    height, width = input_size
+    if height <= 0 or width <= 0 or height % 16 or width % 16:  # four stride-2 stages, then a fixed-size map
+        raise ValueError(f"{name} takes an input size whose sides are each a positive multiple of 16 (112x112, "
+                         f"112x96, ...), got {height}x{width}")
+
+
+def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
+    check_backbone(name, input_size)
     return BACKBONES[name](input_size=tuple(input_size), embedding_size=embedding_size, **kwargs)
 
 

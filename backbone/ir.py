@@ -74,8 +74,6 @@ class IResNet(nn.Module):
         if num_layers not in UNITS_PER_STAGE:
             raise ValueError(f"IR depth must be one of {sorted(UNITS_PER_STAGE)}, got {num_layers}")
         height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"IR input size must be a multiple of 16, got {height}x{width}")
         self.input_norm = InputNorm(input_mean, input_scale)
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False),

@@ -66,8 +66,6 @@ class MobileFaceNet(nn.Module):
     def __init__(self, input_size=(112, 112), embedding_size=512,
                  input_mean=DEFAULT_INPUT_MEAN, input_scale=DEFAULT_INPUT_SCALE):
         height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"MobileFaceNet input size must be a multiple of 16, got {height}x{width}")
         self.input_norm = InputNorm(input_mean, input_scale)
         self.conv_1 = ConvBlock(3, 64, kernel=3, stride=2, padding=1)  # H/2
         self.conv_2_dw = ConvBlock(64, 64, kernel=3, stride=1, padding=1, groups=64)

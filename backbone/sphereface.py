@@ -51,8 +51,6 @@ class SphereNet(nn.Module):
         if num_layers not in UNITS_PER_STAGE:
             raise ValueError(f"SphereFace depth must be one of {sorted(UNITS_PER_STAGE)}, got {num_layers}")
         height, width = input_size
-        if height % 16 or width % 16:
-            raise ValueError(f"SphereFace input size must be a multiple of 16, got {height}x{width}")
         self.input_norm = InputNorm(input_mean, input_scale)
         stages, in_channels = [], 3
         for channels, units in zip(STAGE_CHANNELS, UNITS_PER_STAGE[num_layers]):

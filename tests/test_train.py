@@ -11,7 +11,7 @@ import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
 from train.checkpoint import load_checkpoint
-from train.config import SFACE, configure
+from train.config import SCF, SFACE, configure
 from train.model import load_backbone
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -52,6 +52,28 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
     with pytest.raises(SystemExit):
         parse_config([flag, value])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,argv,message", [
+    (SFACE, ["--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
+    (SFACE, ["--lr", "inf"], "argument --lr: must be a finite number, got 'inf'"),
+    (SFACE, ["--momentum", "nan"], "argument --momentum: must be a finite number, got 'nan'"),
+    (SFACE, ["--param_a=-inf"], "argument --param_a: must be a finite number, got '-inf'"),
+    (SCF, ["--checkpoint", "x.npz", "--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
+    (SFACE, ["--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (SFACE, ["--net", "ResNet_9000"], "unknown backbone 'ResNet_9000'; choose from IR_18"),
+    (SFACE, ["--net", "MobileFaceNet", "--input_size", "100x100"],
+     "MobileFaceNet takes an input size whose sides are each a positive multiple of 16 (112x112, 112x96, ...), "
+     "got 100x100"),
+    (SFACE, ["--head", "SphereFace", "--param_m", "7"], "SphereFace margin m must be an integer from 1 to 5, got 7"),
+    (SFACE, ["--head", "SphereFace", "--param_m", "2.5"], "SphereFace margin m must be an integer from 1 to 5, "
+                                                         "got 2.5"),
+])
+def test_values_no_run_can_use_are_refused_on_the_command_line(spec, argv, message, capsys):
+    """Before any file is read: a usage error, not a traceback after the data, nor NaN weights at the end."""
+    with pytest.raises(SystemExit) as stopped:
+        configure(spec, ["--data_root", "/no/such/folder", *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):

@@ -8,9 +8,11 @@ no derived key can go stale. The config is what the run logs, writes to `config.
 stores in checkpoints.
 """
 import argparse
+import math
 import os
 from collections import namedtuple
 
+from backbone import check_backbone
 from data.image_list import DataError, parse_size
 from head import HEADS, head_params
 from util.distributed import WORKERS_ID_HELP, parse_workers
@@ -125,6 +127,17 @@ SCF = Spec("train_SCF_jittor.py", "Train Sphere Confidence Face (a per-image kap
            COMMON_OVERRIDABLE, scf=True)
 
 
+def finite_float(text):
+    """A float option's type: NaN and infinity are refused on the command line (an --lr nan trains NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return value
+
+
 def build_parser(spec):
     p = argparse.ArgumentParser(description=spec.description + " Options left unset take the --data_mode "
                                 "preset's value, then the default shown.")
@@ -134,7 +147,8 @@ def build_parser(spec):
         if option.type == FLAG:
             p.add_argument(f"--{name}", action="store_true", default=None, help=option.help)
         else:
-            p.add_argument(f"--{name}", type=option.type, default=None, help=option.help + shown,
+            p.add_argument(f"--{name}", type=finite_float if option.type is float else option.type, default=None,
+                           help=option.help + shown,
                            choices=sorted(spec.presets) if name == "data_mode" else None)
     return p
 
@@ -170,9 +184,10 @@ def resolve_sface(cfg):
     cfg["targets"] = [] if cfg["target"].strip().lower() in ("", "none") else \
         [t.strip() for t in cfg["target"].split(",") if t.strip()]
     cfg["input_hw"] = list(parse_size(cfg["input_size"]))
+    check_backbone(cfg["net"], cfg["input_hw"])
     cfg["stage_epochs"] = parse_int_list(cfg["stages"], "--stages")
     check_ranges(cfg, ("epochs", "batch_size", "embedding_size", "log_freq", "num_workers", "lr"),
-                 ("eval_freq", "save_freq", "max_steps"))
+                 ("eval_freq", "save_freq", "max_steps", "momentum", "weight_decay"))
     given = {k[len("param_"):]: cfg[k] for k in cfg["given"] if k.startswith("param_")}
     checked = head_params(cfg["head"], given, cfg["shard_head"])  # the one check: head, its parameters, sharding
     # The head's own --param_<x>, given or from the preset (a preset's a and b mean nothing to ArcFace).
@@ -186,8 +201,8 @@ def resolve_scf(cfg):
     if not cfg["checkpoint"] and not cfg["resume"]:
         raise ValueError("give --checkpoint (the frozen model) or --resume")
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"SCF-{cfg['net']}-{cfg['data_mode']}")
-    check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius"),
-                 ("save_freq", "max_steps", "quality_augment"))
+    check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius", "gamma"),
+                 ("save_freq", "max_steps", "quality_augment", "weight_decay"))
     return cfg
 
 
