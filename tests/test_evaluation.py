@@ -73,6 +73,20 @@ def test_bad_checkpoint_and_missing_target_are_reported(tmp_path):
         assert result.returncode != 0 and message in result.stderr
 
 
+def test_a_run_folder_is_scored_by_its_best_checkpoint_else_its_last(tmp_path):
+    target = small_pairs_folder(str(tmp_path / "mini"), per_fold=1)
+    run = tmp_path / "run"
+    os.makedirs(run)
+    result = subprocess.run([sys.executable, EVAL, "--checkpoint", str(run), "--target", target, "--workers_id", "cpu"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and f"{run}: a folder holding no best.npz or last.npz" in result.stderr
+    for name in ("last.npz", "best.npz"):
+        random_model_checkpoint(run / name)
+        run_eval(["--checkpoint", str(run), "--target", target, "--outdir", str(tmp_path / "out")])
+        with open(tmp_path / "out" / "results.json") as f:
+            assert json.load(f)["checkpoint"] == str(run / name)
+
+
 # ---- published models on the real LFW (../shared/data) ----
 
 def import_and_evaluate(tmp_path, import_args, target, input_hw):

@@ -16,7 +16,7 @@ from data.loader import BatchLoader
 from data.training_sets import open_training_set
 from util import distributed
 
-from .checkpoint import BEST, LAST, restore_state, save_state
+from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
 from .logger import MetricsLog, TrainWindow, describe_record, setup_logging
 
 
@@ -27,7 +27,11 @@ class Run:
         self.cfg, self.checkpoint = cfg, checkpoint
         self.device = distributed.select_device(cfg["workers_id"])
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        leftovers = open_run_folder(cfg["outdir"], cfg["resume"] if checkpoint else None)  # before reading data
         self.log = setup_logging(cfg["outdir"], self.rank)
+        if leftovers:
+            self.log.info("removed %d partial checkpoint(s) that a process killed mid-write left: %s", len(leftovers),
+                          ", ".join(leftovers))
         self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
         meta = checkpoint["meta"] if checkpoint else {}
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
@@ -50,7 +54,6 @@ class Run:
             self.log.info("resumed %s at epoch %d, batch %d (step %d)", self.cfg["resume"], self.progress["epoch"] + 1,
                           self.progress["batch"], self.progress["step"])
         elif distributed.is_main():
-            os.makedirs(self.cfg["outdir"], exist_ok=True)
             open(self.metrics.path, "w").close()
             with open(os.path.join(self.cfg["outdir"], "config.json"), "w") as f:
                 json.dump(self.cfg, f, indent=2)
