@@ -6,6 +6,7 @@ missing or cannot be decoded is reported by `ImageListDataset.load` instead. The
 write lists and property files through `write_list` / `write_property`, atomically.
 """
 import codecs
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -234,6 +235,11 @@ def network_input(data, input_size, flip):
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), None
 
 
+def samples_fingerprint(names, labels):
+    """A short digest of a training set's sample names (bytes) and labels: equal for the same data in another place."""
+    return hashlib.sha256(names + np.asarray(labels, "<i8").tobytes()).hexdigest()[:16]
+
+
 class ImageListDataset:
     """Decodes one sample of an `ImageList` to a 3 x H x W float32 RGB array (0..255).
 
@@ -255,6 +261,9 @@ class ImageListDataset:
         """`imgs.txt:LINE (path)` for messages about one sample."""
         il = self.image_list
         return f"{il.list_file}:{il.line_numbers[index]} ({il.paths[index]})"
+
+    def fingerprint(self):
+        return samples_fingerprint("\n".join(self.image_list.paths).encode("utf-8"), self.labels)
 
     def read_bytes(self, index):
         with open(os.path.join(self.image_list.root, self.image_list.paths[index]), "rb") as f:

@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from .image_list import PROPERTY_NAME, DataError, network_input, read_property, text_lines
+from .image_list import PROPERTY_NAME, DataError, network_input, read_property, samples_fingerprint, text_lines
 
 REC_NAME, IDX_NAME = "train.rec", "train.idx"
 MAGIC = 0xCED7230A
@@ -214,6 +214,9 @@ class RecDataset:
 
     def __len__(self):
         return len(self.keys)
+
+    def fingerprint(self):
+        return samples_fingerprint(self.keys.astype("<i8").tobytes(), self.labels)
 
     def describe(self, index):
         """`train.rec record KEY (offset OFFSET)` for messages about one sample."""

@@ -13,10 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.loader import BatchLoader
-from data.training_sets import open_training_set
+from data.training_sets import check_moved_data, data_identity, open_training_set
 from util import distributed
 
 from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
+from .config import reached_max_steps
 from .logger import MetricsLog, TrainWindow, describe_record, setup_logging
 
 
@@ -37,6 +38,9 @@ class Run:
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
         self.window = TrainWindow(meta.get("window"))
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
+        if checkpoint is not None and moved(checkpoint["meta"]["config"]["data_root"], cfg["data_root"]):
+            check_moved_data(self.dataset, cfg.get("data"), checkpoint["meta"]["config"]["data_root"])
+        cfg["data"] = data_identity(self.dataset)  # what a resumed run checks moved data against
         self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
@@ -91,8 +95,7 @@ class Run:
         if validation is not None and progress["step"] == 0:
             self.evaluate(model, validation)  # the starting point, to compare against
         self.window.start = time.time()  # throughput measures training, not that evaluation
-        stop = False
-        while progress["epoch"] < cfg["epochs"] and not stop:
+        while progress["epoch"] < cfg["epochs"] and not reached_max_steps(cfg, progress):
             epoch = progress["epoch"]
             model.optimizer.lr = lr_at(cfg, epoch)
             bar = tqdm(total=len(self.loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
@@ -111,13 +114,13 @@ class Run:
                     self.log_window(model.optimizer.lr)
                 if validation is not None and cfg["eval_freq"] and progress["step"] % cfg["eval_freq"] == 0:
                     self.evaluate(model, validation)
-                stop = bool(cfg["max_steps"]) and progress["step"] >= cfg["max_steps"]
+                stop = reached_max_steps(cfg, progress)
                 if cfg["save_freq"] and progress["step"] % cfg["save_freq"] == 0 or stop:
                     self.save(LAST, model, validation)
                 if stop:
                     break
             bar.close()
-            if not stop:
+            if not reached_max_steps(cfg, progress):
                 progress.update(epoch=epoch + 1, batch=0)
                 self.save(LAST, model, validation)
         if validation is not None and progress.get("evaluated_step") != progress["step"]:
@@ -132,6 +135,10 @@ class Run:
             validation.summary(self.log, self.cfg["outdir"])
         self.log.info("done at step %d; latest checkpoint %s", self.progress["step"],
                       os.path.join(self.cfg["outdir"], LAST))
+
+
+def moved(old_root, new_root):
+    return os.path.realpath(old_root) != os.path.realpath(new_root)
 
 
 def progress_figures(stats, seconds):
