@@ -81,7 +81,7 @@ class Run:
 
     def log_window(self, lr):
         record = self.window.record(self.progress, lr)
-        record["skipped_images"] = self.loader.skipped
+        record["skipped_images"] = self.skipped_images()
         if self.rank == 0:
             self.metrics.write(record)
         self.log.info("epoch %d batch %d/%d step %d  lr %.4g  %s", self.progress["epoch"] + 1, self.progress["batch"],
@@ -128,9 +128,14 @@ class Run:
             self.save(LAST, model, validation)
         self.finish(validation)
 
+    def skipped_images(self):
+        """Training images skipped so far by every rank (a collective: all ranks call it at the same step)."""
+        return int(distributed.sum_arrays(np.array([self.loader.skipped], np.int64))[0])
+
     def finish(self, validation):
-        if self.loader.skipped:
-            self.log.warning("%d unreadable training images were skipped (see the warnings above)", self.loader.skipped)
+        skipped = self.skipped_images()
+        if skipped and self.rank == 0:
+            self.log.warning("%d unreadable training images were skipped (see the warnings above)", skipped)
         if validation is not None:
             validation.summary(self.log, self.cfg["outdir"])
         self.log.info("done at step %d; latest checkpoint %s", self.progress["step"],
