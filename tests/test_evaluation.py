@@ -87,6 +87,17 @@ def test_a_run_folder_is_scored_by_its_best_checkpoint_else_its_last(tmp_path):
             assert json.load(f)["checkpoint"] == str(run / name)
 
 
+def test_a_pkl_backbone_that_cannot_exist_is_a_usage_error(tmp_path, capsys):
+    import eval_SFace_jittor
+    for net, size, message in (("ResNet_9000", "112x112", "unknown backbone 'ResNet_9000'"),
+                               ("IR_50", "100x100", "IR_50 takes an input size whose sides are each a positive "
+                                                    "multiple of 16")):
+        with pytest.raises(SystemExit):
+            eval_SFace_jittor.parse_args(["--checkpoint", "x.pkl", "--target", "lfw", "--net", net, "--input_size",
+                                          size])
+        assert message in capsys.readouterr().err
+
+
 # ---- published models on the real LFW (../shared/data) ----
 
 def import_and_evaluate(tmp_path, import_args, target, input_hw):
