@@ -259,7 +259,8 @@ def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finis
     before = folder_bytes(outdir)
     for extra in ([], ["--max_steps", "2"]):
         out = resume_finished(outdir, capsys, *extra)
-        assert f"{outdir / 'last.npz'}: the run is finished (epoch 1 of 1, step 2" in out and "nothing was changed" in out
+        assert f"{outdir / 'last.npz'}: the run is finished (1 of 1 epochs done, step 2" in out
+        assert "nothing was changed" in out
     assert folder_bytes(outdir) == before
     # The run's own options may be repeated; a larger limit trains on, and the new limit is then final too.
     (outdir / "last.npz.tmp99999").write_bytes(b"what a process killed mid-write left")
@@ -270,7 +271,7 @@ def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finis
     assert not (outdir / "last.npz.tmp99999").exists()
     assert "removed 1 partial checkpoint(s) that a process killed mid-write left" in (outdir / "train.log").read_text()
     after = folder_bytes(outdir)
-    assert "(epoch 1 of 3, step 3 of --max_steps 3)" in resume_finished(outdir, capsys)
+    assert "(1 of 3 epochs done, step 3 of --max_steps 3)" in resume_finished(outdir, capsys)
     assert folder_bytes(outdir) == after
 
 

@@ -250,8 +250,8 @@ def stop_if_finished(cfg, path, progress):
         return
     if distributed.is_main():
         limit = f" of --max_steps {cfg['max_steps']}" if reached_max_steps(cfg, progress) else ""
-        print(f"{path}: the run is finished (epoch {progress['epoch']} of {cfg['epochs']}, step {progress['step']}"
-              f"{limit}); nothing was changed. Give a larger --epochs or --max_steps to train on.")
+        print(f"{path}: the run is finished ({progress['epoch']} of {cfg['epochs']} epochs done, step "
+              f"{progress['step']}{limit}); nothing was changed. Give a larger --epochs or --max_steps to train on.")
     sys.exit(0)
 
 
