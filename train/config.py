@@ -16,8 +16,7 @@ from collections import namedtuple
 from backbone import check_backbone
 from data.image_list import DataError, parse_size
 from head import HEADS, head_params
-from util import distributed
-from util.distributed import WORKERS_ID_HELP, parse_workers
+from util.distributed import WORKERS_ID_HELP, is_main, parse_workers
 
 from .checkpoint import CheckpointError, model_config, training_checkpoint
 
@@ -248,7 +247,7 @@ def stop_if_finished(cfg, path, progress):
     """A finished run given to --resume: say so and exit (status 0) before anything is read or written."""
     if not finished(cfg, progress):
         return
-    if distributed.is_main():
+    if is_main():
         limit = f" of --max_steps {cfg['max_steps']}" if reached_max_steps(cfg, progress) else ""
         print(f"{path}: the run is finished ({progress['epoch']} of {cfg['epochs']} epochs done, step "
               f"{progress['step']}{limit}); nothing was changed. Give a larger --epochs or --max_steps to train on.")
