@@ -17,12 +17,13 @@ import os
 
 import numpy as np
 
+from backbone import check_backbone
 from data.image_list import DataError, parse_size
 from data.verification_sets import load_target
 from evaluation.embedding import EvalTarget, protocol_report, target_features
 from evaluation.roc_plot import save_roc_plot
 from evaluation.scf_scoring import scf_report
-from train.checkpoint import CheckpointError
+from train.checkpoint import BEST, LAST, CheckpointError, OutputError, make_outdir, run_checkpoint
 from train.model import load_model
 from util import distributed
 
@@ -30,7 +31,8 @@ from util import distributed
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .npz checkpoint of this project (training or "
-                   "tools/import_weights.py), or an official SFace-Jittor Backbone_*.pkl (then give --net)")
+                   "tools/import_weights.py), a run's output folder (its best.npz, else last.npz), or an official "
+                   "SFace-Jittor Backbone_*.pkl (then give --net)")
     p.add_argument("--target", required=True, help="comma-separated names under --eval_root, .bin files or "
                                                    "folders holding pairs.txt + images/")
     p.add_argument("--eval_root", default=".", help="folder holding the named targets")
@@ -48,12 +50,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 0:
         p.error(f"--batch_size must be positive, got {args.batch_size}")
-    if not args.checkpoint.endswith(".npz") and not args.net:
-        p.error("a .pkl checkpoint does not say which backbone it holds: give --net")
+    if not args.checkpoint.endswith((".npz", ".pkl")) and not os.path.exists(args.checkpoint):
+        p.error(f"--checkpoint {args.checkpoint}: no such file or folder")  # a missing .npz or .pkl: its loader says
     try:
+        args.checkpoint = run_checkpoint(args.checkpoint, (BEST, LAST))
         args.input_hw = list(parse_size(args.input_size))
+        if args.net:
+            check_backbone(args.net, args.input_hw)
     except ValueError as e:
         p.error(str(e))
+    if not args.checkpoint.endswith(".npz") and not args.net:
+        p.error(f"{args.checkpoint}: a .pkl checkpoint does not say which backbone it holds: give --net")
     return args
 
 
@@ -70,12 +77,12 @@ def print_table(reports):
 
 def main(argv=None):
     args = parse_args(argv)
+    make_outdir(args.outdir)  # before any work
     device = distributed.select_device(args.workers_id)
     batch_size = args.batch_size or (256 if device == "cuda" else 16)
     pkl_config = {"net": args.net, "input_hw": args.input_hw, "embedding_size": args.embedding_size}
     backbone, confidence_head, cfg, _ = load_model(args.checkpoint, pkl_config)
     reports = []
-    os.makedirs(args.outdir, exist_ok=True)
     for name in [t.strip() for t in args.target.split(",") if t.strip()]:
         target = EvalTarget(load_target(name, args.eval_root), cfg["input_hw"], args.num_workers)
         features = target_features(backbone, target, batch_size, not args.no_flip, confidence_head)
@@ -103,4 +110,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError))

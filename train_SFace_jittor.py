@@ -12,7 +12,7 @@ import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on 
 from functools import partial
 
 from data.image_list import DataError
-from train.checkpoint import CheckpointError, load_part
+from train.checkpoint import CheckpointError, OutputError, load_part
 from train.config import SFACE, configure
 from train.loop import Run
 from train.model import build_model, start_weights
@@ -41,4 +41,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, NonFiniteError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError))

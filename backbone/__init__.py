@@ -1,7 +1,7 @@
 """Backbones by name: `build_backbone("IR_50", input_size=(112, 112), embedding_size=512)`."""
 from functools import partial
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, checked_input_size
 from .ir import IResNet
 from .mobilefacenet import MobileFaceNet
 from .sphereface import SphereNet
@@ -23,9 +23,15 @@ BACKBONES = {
 }
 
 
-def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
+def check_backbone(name, input_size):
+    """A ValueError for a name or an input size no backbone here can take, before anything is built."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; choose from {', '.join(BACKBONES)}")
+    checked_input_size(name, input_size)
+
+
+def build_backbone(name, input_size=(112, 112), embedding_size=512, **kwargs):
+    check_backbone(name, input_size)
     return BACKBONES[name](input_size=tuple(input_size), embedding_size=embedding_size, **kwargs)
 
 

@@ -14,8 +14,9 @@ DEFAULT_INPUT_SCALE = 1.0 / 128.0
 def checked_input_size(network, input_size):
     """(height, width) of a network's input; each of the four stride-2 stages halves it, so both must divide by 16."""
     height, width = input_size
-    if height % 16 or width % 16:
-        raise ValueError(f"{network} input size must be a multiple of 16, got {height}x{width}")
+    if height <= 0 or width <= 0 or height % 16 or width % 16:
+        raise ValueError(f"{network} takes an input size whose sides are each a positive multiple of 16 (112x112, "
+                         f"112x96, ...), got {height}x{width}")
     return height, width
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .image_list import ImageListDataset, decode_image, fit_input_size, read_image_list, write_list
+from .image_list import ImageListDataset, decode_image, fit_input_size, read_image_list, undecodable, write_list
 
 KINDS = ("missing", "unreadable", "undecodable", "wrong size", "duplicate")
 MISSING, UNREADABLE, UNDECODABLE, WRONG_SIZE, DUPLICATE = KINDS
@@ -41,7 +41,7 @@ def image_problem(dataset, index):
         return (MISSING if isinstance(e, FileNotFoundError) else UNREADABLE), f"cannot read: {e.strerror}"
     image = decode_image(data)
     if image is None:
-        return UNDECODABLE, "not a decodable image"
+        return UNDECODABLE, undecodable(data)
     _, problem = fit_input_size(image, dataset.input_size)
     return None if problem is None else (WRONG_SIZE, problem)
 

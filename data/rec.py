@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from .image_list import PROPERTY_NAME, DataError, network_input, read_property
+from .image_list import PROPERTY_NAME, DataError, network_input, read_property, samples_fingerprint, text_lines
 
 REC_NAME, IDX_NAME = "train.rec", "train.idx"
 MAGIC = 0xCED7230A
@@ -36,20 +36,19 @@ class RecordError(ValueError):
 def read_idx(path):
     """`key<TAB>offset` lines -> (keys, offsets) as int64 arrays sorted by key."""
     keys, offsets = [], []
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                key, offset = (int(v) for v in fields)
-                if key < 0 or offset < 0:
-                    raise ValueError
-            except ValueError:
-                raise DataError(f"{path}:{line_number}: expected '<key><TAB><offset>' (two non-negative "
-                                f"integers), got '{line.strip()}'") from None
-            keys.append(key)
-            offsets.append(offset)
+    for line_number, line in text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            key, offset = (int(v) for v in fields)
+            if key < 0 or offset < 0:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"{path}:{line_number}: expected '<key><TAB><offset>' (two non-negative "
+                            f"integers), got '{line.strip()}'") from None
+        keys.append(key)
+        offsets.append(offset)
     if not keys:
         raise DataError(f"{path}: the index holds no records")
     keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
@@ -215,6 +214,9 @@ class RecDataset:
 
     def __len__(self):
         return len(self.keys)
+
+    def fingerprint(self):
+        return samples_fingerprint(self.keys.astype("<i8").tobytes(), self.labels)
 
     def describe(self, index):
         """`train.rec record KEY (offset OFFSET)` for messages about one sample."""

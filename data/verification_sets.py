@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_list import DataError, prepare_image
+from .image_list import DataError, prepare_image, text_lines
 
 PAIRS_NAME = "pairs.txt"
 IMAGES_DIR = "images"
@@ -47,8 +47,7 @@ class _Distinct:
 
 def parse_pairs_txt(path):
     """LFW View 2 `pairs.txt` -> [(line, name1, n1, name2, n2, same)], checked against its header."""
-    with open(path) as f:
-        lines = [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    lines = [(n, line.split()) for n, line in text_lines(path) if line.strip()]
     if not lines:
         raise DataError(f"{path}: empty pairs file")
     expected = None
@@ -91,32 +90,55 @@ def load_pairs_folder(folder, name=None):
                    np.array(pairs, dtype=np.int64), np.array(issame, dtype=bool))
 
 
+class BinUnpickler(pickle.Unpickler):
+    """Builds only what a verification .bin holds: tuples, lists, bytes and bools.
+
+    A pickle can name any importable callable and call it: a crafted .bin would run code
+    under plain `pickle.load`. Here every such name is refused, except the one Python 3
+    writes for bytes in pickle protocols 0-2 (`_codecs.encode(text, 'latin1')`).
+    """
+
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return latin1_bytes
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a verification .bin never holds; refused, "
+                                     "as loading it could run code")
+
+
+def latin1_bytes(text, encoding):
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"it encodes bytes as '{encoding}', not 'latin1'")
+    return text.encode("latin1")
+
+
 def read_bin_pickle(path):
-    """(bins, issame_list) of an InsightFace .bin; Python-2 pickles need encoding='bytes'."""
-    for encoding in ("ASCII", "bytes"):
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding=encoding)
-        except UnicodeDecodeError:
-            continue
-        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise DataError(f"{path}: not a readable verification .bin (truncated or corrupt pickle: {e})") from None
-    raise DataError(f"{path}: not a readable verification .bin (undecodable strings)")
+    """(bins, issame_list) of an InsightFace .bin, checked to be a list of bytes and a list of bools.
+
+    encoding='bytes' reads the byte strings of Python-2 pickles as bytes (a Python 3 pickle has none).
+    """
+    try:
+        with open(path, "rb") as f:
+            content = BinUnpickler(f, encoding="bytes").load()
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError) as e:
+        raise DataError(f"{path}: not a readable verification .bin ({e})") from None
+    if not (isinstance(content, (tuple, list)) and len(content) == 2):
+        raise DataError(f"{path}: expected a pickled (bins, issame_list) pair")
+    bins, issame_list = content
+    if not (isinstance(bins, list) and all(isinstance(b, bytes) for b in bins)):
+        raise DataError(f"{path}: bins must be a list of encoded images (bytes)")
+    if not (isinstance(issame_list, list) and all(isinstance(s, bool) for s in issame_list)):
+        raise DataError(f"{path}: issame_list must be a list of booleans")
+    return bins, issame_list
 
 
 def load_bin(path, name=None):
     """InsightFace verification .bin: pair i is images 2i and 2i+1."""
-    content = read_bin_pickle(path)
-    if not (isinstance(content, (tuple, list)) and len(content) == 2):
-        raise DataError(f"{path}: expected a pickled (bins, issame_list) pair")
-    bins, issame_list = content
+    bins, issame_list = read_bin_pickle(path)
     if len(bins) != 2 * len(issame_list):
         raise DataError(f"{path}: {len(bins)} images for {len(issame_list)} pairs (need twice as many)")
     distinct = _Distinct()
-    indices = []
-    for i, item in enumerate(bins):
-        data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
-        indices.append(distinct.add(data, lambda d=data: d, f"{path} image {i}"))
+    indices = [distinct.add(data, lambda d=data: d, f"{path} image {i}") for i, data in enumerate(bins)]
     name = name or os.path.splitext(os.path.basename(path))[0]
     return PairSet(name, distinct.encoded, distinct.sources,
                    np.array(indices, dtype=np.int64).reshape(-1, 2), np.array(issame_list, dtype=bool))

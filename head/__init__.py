@@ -7,7 +7,7 @@ softmax heads cannot be split that simply (their normalisation spans every class
 from collections import namedtuple
 from functools import partial
 
-from .margin import AdditiveCosineHead, ArcFaceHead, SoftmaxHead, SphereFaceHead
+from .margin import AdditiveCosineHead, ArcFaceHead, SoftmaxHead, SphereFaceHead, sphereface_margin
 from .sface import SFaceHead, ShardedSFaceHead
 
 # params: the --param_<x> options the head takes (SFace: scale s, slope k, centres a and b; margin
@@ -35,7 +35,7 @@ def head_params(name, params, shard=False):
     if shard and kind.sharded is None:
         raise ValueError(f"head {name} cannot be sharded (the softmax heads normalise over every class); only "
                          f"{', '.join(n for n, k in HEADS.items() if k.sharded)} can")
-    return {k: int(v) if name == "SphereFace" else v for k, v in params.items()}  # SphereFace's m is an integer
+    return {k: sphereface_margin(v) if name == "SphereFace" else v for k, v in params.items()}
 
 
 def build_head(name, embedding_size, num_classes, seed=0, shard=False, **params):

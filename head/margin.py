@@ -25,6 +25,14 @@ COS_MULTIPLE = {
 }
 
 
+def sphereface_margin(m):
+    """SphereFace's m as the integer cos(m theta) needs; a ValueError for any other value (2.5 is not 2)."""
+    if m not in COS_MULTIPLE:  # 4.0 == 4 is accepted, as a float option gives it
+        raise ValueError(f"SphereFace margin m must be an integer from {min(COS_MULTIPLE)} to {max(COS_MULTIPLE)}, "
+                         f"got {m:g}")
+    return int(m)
+
+
 def additive_cosine_logits(cos, mask, s, m):
     """CosFace / AM-Softmax: s * (cos - m) on the target, s * cos elsewhere."""
     return s * (cos - m * mask)
@@ -110,9 +118,7 @@ class SphereFaceHead(ClassCentres):
 
     def __init__(self, embedding_size, num_classes, m=4, seed=0):
         super().__init__(embedding_size, num_classes, seed)
-        if m not in COS_MULTIPLE:
-            raise ValueError(f"SphereFace margin m must be one of {sorted(COS_MULTIPLE)}, got {m}")
-        self.m = m
+        self.m = sphereface_margin(m)
 
     def execute(self, embeddings, labels, step=0):
         cos = cosine(embeddings, self.weight)

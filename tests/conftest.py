@@ -31,24 +31,27 @@ def write_image_list(root, entries, property_line=None):
             f.write(property_line)
 
 
+def copy_demo_faces(root, classes=4, per_class=4):
+    """`classes` identities x `per_class` real faces copied from the embedded demo set into `root`."""
+    entries = []
+    with open(os.path.join(DEMO_ROOT, "imgs.txt")) as f:
+        demo = [line.split() for line in f]
+    by_label = {}
+    for path, label in demo:
+        by_label.setdefault(int(label), []).append(path)
+    for new_label, label in enumerate(sorted(by_label)[:classes]):
+        for path in by_label[label][:per_class]:
+            os.makedirs(root / os.path.dirname(path), exist_ok=True)
+            shutil.copyfile(os.path.join(DEMO_ROOT, path), root / path)
+            entries.append((path, new_label))
+    write_image_list(root, entries, f"{classes},112,112\n")
+    return root, entries
+
+
 @pytest.fixture
 def tiny_face_set(tmp_path):
     """`classes` identities x `per_class` real faces copied from the embedded demo set."""
-    def make(classes=4, per_class=4):
-        entries = []
-        with open(os.path.join(DEMO_ROOT, "imgs.txt")) as f:
-            demo = [line.split() for line in f]
-        by_label = {}
-        for path, label in demo:
-            by_label.setdefault(int(label), []).append(path)
-        for new_label, label in enumerate(sorted(by_label)[:classes]):
-            for path in by_label[label][:per_class]:
-                os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
-                shutil.copyfile(os.path.join(DEMO_ROOT, path), tmp_path / path)
-                entries.append((path, new_label))
-        write_image_list(tmp_path, entries, f"{classes},112,112\n")
-        return tmp_path, entries
-    return make
+    return lambda classes=4, per_class=4: copy_demo_faces(tmp_path, classes, per_class)
 
 
 def small_pairs_folder(root, per_fold=1):

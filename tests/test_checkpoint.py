@@ -1,4 +1,5 @@
 """The checkpoint format: round trip, atomic writes, strict weight loading, clear errors."""
+import errno
 import os
 
 import jittor as jt
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from train.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, read_weights,
-                              save_checkpoint)
+from train.checkpoint import (CheckpointError, OutputError, load_checkpoint, load_weights, module_arrays,
+                              open_run_folder, read_weights, run_checkpoint, save_checkpoint)
 
 
 def test_round_trip_keeps_every_array_and_the_meta(tmp_path):
@@ -33,6 +34,58 @@ def test_rewriting_replaces_the_file_whole(tmp_path):
     for step in range(3):
         save_checkpoint(path, {"progress": {"step": step}}, {}, {"w": np.full(3, step, np.float32)})
     assert load_checkpoint(path)["meta"]["progress"]["step"] == 2
+
+
+def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.npz")
+    save_checkpoint(path, {"progress": {"step": 1}}, {}, {"w": np.ones(3, np.float32)})
+
+    def disk_full(file, **arrays):
+        file.write(b"PK partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OutputError, match=f"{path}: cannot write the checkpoint \\(No space left on device\\); the "
+                                          f"previous {path} is intact"):
+        save_checkpoint(path, {"progress": {"step": 2}}, {}, {"w": np.ones(3, np.float32)})
+    with pytest.raises(OutputError, match="no earlier checkpoint was there"):
+        save_checkpoint(str(tmp_path / "best.npz"), {}, {}, {})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["last.npz"] and load_checkpoint(path)["meta"]["progress"] == {"step": 1}
+
+
+def test_a_run_folder_is_refused_to_a_new_run_and_cleared_of_partial_checkpoints(tmp_path):
+    """A new run may not replace an earlier run's checkpoints; the resumed run may; a killed writer's leftovers go."""
+    outdir = tmp_path / "run"
+    assert open_run_folder(str(outdir)) == [] and outdir.is_dir()  # created
+    save_checkpoint(str(outdir / "last.npz"), {}, {}, {})
+    (outdir / "last.npz.tmp4242").write_bytes(b"half a checkpoint")
+    (outdir / "train.log").write_text("kept")
+    with pytest.raises(OutputError, match=f"{outdir}: holds the checkpoints of an earlier run \\(last.npz\\), "
+                                          f"which a new run would replace; continue that run with --resume {outdir}, "
+                                          "or give another --outdir"):
+        open_run_folder(str(outdir))
+    with pytest.raises(OutputError, match="holds the checkpoints of an earlier run"):  # resuming another run into it
+        open_run_folder(str(outdir), resumed=str(tmp_path / "elsewhere" / "last.npz"))
+    assert open_run_folder(str(outdir), resumed=str(outdir / "last.npz")) == [str(outdir / "last.npz.tmp4242")]
+    assert sorted(os.listdir(outdir)) == ["last.npz", "train.log"]
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    for outdir, message in ((tmp_path / "file", "exists and is not a folder"),
+                            (tmp_path / "file" / "sub", "cannot create the output folder"),
+                            ("/proc/no_such_run", "cannot create the output folder")):
+        with pytest.raises(OutputError, match=f"{outdir}: {message}.*; give another --outdir"):
+            open_run_folder(str(outdir))
+
+
+def test_a_run_folder_stands_for_its_checkpoint(tmp_path):
+    assert run_checkpoint(str(tmp_path / "x.npz")) == str(tmp_path / "x.npz")
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: a folder holding no best.npz or last.npz"):
+        run_checkpoint(str(tmp_path), ("best.npz", "last.npz"))
+    for name in ("last.npz", "best.npz"):
+        save_checkpoint(str(tmp_path / name), {}, {}, {})
+        assert run_checkpoint(str(tmp_path), ("best.npz", "last.npz")) == str(tmp_path / name)
 
 
 def test_unreadable_files_are_named(tmp_path):

@@ -54,3 +54,17 @@ def test_a_gpu_asked_for_but_absent_stops_every_script(tmp_path):
         assert result.returncode != 0, name
         assert "--workers_id 1 asks for a GPU, but Jittor found no usable CUDA here" in result.stderr, \
             (name, result.stderr[-2000:])
+
+
+def test_an_output_folder_that_cannot_be_made_stops_training_and_evaluation_before_any_data(tmp_path):
+    (tmp_path / "file").write_text("")
+    commands = {"train_SFace_jittor.py": ["--data_root", str(tmp_path / "no_data"), "--net", "MobileFaceNet"],
+                "eval_SFace_jittor.py": ["--checkpoint", str(tmp_path / "no_model.npz"), "--target", "lfw"]}
+    for name, args in commands.items():
+        for outdir, message in ((tmp_path / "file", "exists and is not a folder"),
+                                ("/proc/sface_run", "cannot create the output folder")):
+            result = subprocess.run([sys.executable, SCRIPTS[name], *args, "--outdir", str(outdir), "--workers_id",
+                                     "cpu"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 1 and f"error: {outdir}: {message}" in result.stderr, \
+                (name, result.stderr[-2000:])
+            assert "Traceback" not in result.stderr

@@ -12,8 +12,8 @@ import pytest
 from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder, write_image_list
 from data.check import check_list, size_histogram, write_clean_list
 from data.convert import bin_to_pairs_folder, folder_to_list, pairs_folder_to_bin, pairs_header
-from data.image_list import DataError, read_image_list
-from data.verification_sets import load_pairs_folder, parse_pairs_txt
+from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
+from data.verification_sets import PairSet, load_pairs_folder, parse_pairs_txt
 
 TOOLS = os.path.join(REPO_ROOT, "tools", "data_tools.py")
 
@@ -121,6 +121,34 @@ def test_checker_uses_the_input_size_without_property(tmp_path):
     write_image_list(tmp_path, [("a.jpg", 0)])
     assert check_list(str(tmp_path), (112, 96)).problems == []  # cut to 112x96 as training does
     assert check_list(str(tmp_path), (96, 96)).problems[0][2] == "size 112x96, expected 96x96"
+
+
+def test_an_empty_image_file_is_a_bad_image_everywhere_not_a_crash(tmp_path):
+    """A zero-byte file is undecodable for the list checker, training, folder-to-list and evaluation alike."""
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    write_image_list(tmp_path, [("empty.jpg", 0), ("a.jpg", 0)])
+    check = check_list(str(tmp_path), num_workers=1)
+    assert [(i, kind, reason) for i, kind, reason in check.problems] == \
+        [(0, "undecodable", "not a decodable image (an empty file)")]
+    assert ImageListDataset(read_image_list(str(tmp_path))).load(0)[2] == "not a decodable image (an empty file)"
+    os.makedirs(tmp_path / "faces" / "A")
+    (tmp_path / "faces" / "A" / "0.jpg").write_bytes(b"")  # the first image, where the size is read
+    (tmp_path / "faces" / "A" / "1.jpg").write_bytes(jpeg())
+    assert folder_to_list(str(tmp_path / "faces"))[0] == [("A/0.jpg", 0), ("A/1.jpg", 0)]
+    pairs = PairSet("x", [b""], ["x.bin image 0"], np.zeros((1, 2), np.int64), np.ones(1, bool))
+    with pytest.raises(DataError, match="x.bin image 0: not a decodable image"):
+        pairs.decode(0, (112, 112))
+
+
+def test_a_jpeg_is_judged_by_decoding_not_by_its_last_bytes():
+    """Bytes after the end-of-image marker (appended metadata, padding) are harmless; a cut file is not."""
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]):
+        data = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (112, 112, 3), np.uint8), params)[1]
+        data = data.tobytes()
+        assert decode_image(data + b"trailing \xff\xd8 bytes").shape == (112, 112, 3)
+        assert decode_image(data + b"\x00" * 7) is not None
+        assert all(decode_image(data[:cut]) is None for cut in range(3, len(data) - 1, 97)), params
 
 
 def test_class_size_histogram_bins():

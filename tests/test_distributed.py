@@ -171,6 +171,17 @@ def test_a_rank_that_fails_ends_the_job_naming_rank_and_file(tiny_face_set, tmp_
         result.stderr[-2000:]
 
 
+def test_skipped_images_are_counted_over_every_rank(tiny_face_set, tmp_path):
+    data_root, entries = tiny_face_set(classes=5, per_class=4)
+    order, _ = epoch_order(len(entries), SEED, 0)
+    for rank in (0, 1):
+        victim = order[rank_share(8, rank, 2)[0]]  # the first image each rank reads
+        (data_root / entries[victim][0]).write_bytes(b"not a jpeg")
+    result = run(mpirun(2, *train_args(data_root, tmp_path / "run", "--max_steps", "1")))
+    assert train_records(tmp_path / "run")[0]["skipped_images"] == 2
+    assert "2 unreadable training images were skipped" in result.stdout + result.stderr
+
+
 def test_benchmark_accounts_for_every_collective_of_a_step():
     """The mpirun benchmark's byte counts match the model: one all-reduce of every replicated gradient,
     four per synchronised BatchNorm layer (statistics forward and back), the gathered batch twice."""

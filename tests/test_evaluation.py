@@ -73,6 +73,31 @@ def test_bad_checkpoint_and_missing_target_are_reported(tmp_path):
         assert result.returncode != 0 and message in result.stderr
 
 
+def test_a_run_folder_is_scored_by_its_best_checkpoint_else_its_last(tmp_path):
+    target = small_pairs_folder(str(tmp_path / "mini"), per_fold=1)
+    run = tmp_path / "run"
+    os.makedirs(run)
+    result = subprocess.run([sys.executable, EVAL, "--checkpoint", str(run), "--target", target, "--workers_id", "cpu"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and f"{run}: a folder holding no best.npz or last.npz" in result.stderr
+    for name in ("last.npz", "best.npz"):
+        random_model_checkpoint(run / name)
+        run_eval(["--checkpoint", str(run), "--target", target, "--outdir", str(tmp_path / "out")])
+        with open(tmp_path / "out" / "results.json") as f:
+            assert json.load(f)["checkpoint"] == str(run / name)
+
+
+def test_a_pkl_backbone_that_cannot_exist_is_a_usage_error(tmp_path, capsys):
+    import eval_SFace_jittor
+    for net, size, message in (("ResNet_9000", "112x112", "unknown backbone 'ResNet_9000'"),
+                               ("IR_50", "100x100", "IR_50 takes an input size whose sides are each a positive "
+                                                    "multiple of 16")):
+        with pytest.raises(SystemExit):
+            eval_SFace_jittor.parse_args(["--checkpoint", "x.pkl", "--target", "lfw", "--net", net, "--input_size",
+                                          size])
+        assert message in capsys.readouterr().err
+
+
 # ---- published models on the real LFW (../shared/data) ----
 
 def import_and_evaluate(tmp_path, import_args, target, input_hw):

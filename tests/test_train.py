@@ -1,6 +1,7 @@
 """The training script end to end on CPU: outputs, presets, bad flags, exact resume after SIGKILL."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
-from train.checkpoint import load_checkpoint
-from train.config import SFACE, configure
+from conftest import DEMO_ROOT, REPO_ROOT, copy_demo_faces, small_pairs_folder
+from data.image_list import DataError
+from train.checkpoint import OutputError, load_checkpoint
+from train.config import SCF, SFACE, configure
 from train.model import load_backbone
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -52,6 +54,28 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
     with pytest.raises(SystemExit):
         parse_config([flag, value])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,argv,message", [
+    (SFACE, ["--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
+    (SFACE, ["--lr", "inf"], "argument --lr: must be a finite number, got 'inf'"),
+    (SFACE, ["--momentum", "nan"], "argument --momentum: must be a finite number, got 'nan'"),
+    (SFACE, ["--param_a=-inf"], "argument --param_a: must be a finite number, got '-inf'"),
+    (SCF, ["--checkpoint", "x.npz", "--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
+    (SFACE, ["--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (SFACE, ["--net", "ResNet_9000"], "unknown backbone 'ResNet_9000'; choose from IR_18"),
+    (SFACE, ["--net", "MobileFaceNet", "--input_size", "100x100"],
+     "MobileFaceNet takes an input size whose sides are each a positive multiple of 16 (112x112, 112x96, ...), "
+     "got 100x100"),
+    (SFACE, ["--head", "SphereFace", "--param_m", "7"], "SphereFace margin m must be an integer from 1 to 5, got 7"),
+    (SFACE, ["--head", "SphereFace", "--param_m", "2.5"], "SphereFace margin m must be an integer from 1 to 5, "
+                                                         "got 2.5"),
+])
+def test_values_no_run_can_use_are_refused_on_the_command_line(spec, argv, message, capsys):
+    """Before any file is read: a usage error, not a traceback after the data, nor NaN weights at the end."""
+    with pytest.raises(SystemExit) as stopped:
+        configure(spec, ["--data_root", "/no/such/folder", *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):
@@ -187,3 +211,94 @@ def test_a_resumed_run_takes_the_overridable_options_it_is_given(tiny_face_set, 
     assert cfg["targets"] == ["mini"] and cfg["eval_root"] == str(tmp_path / "targets")
     assert (cfg["epochs"], cfg["max_steps"], cfg["log_freq"], cfg["save_freq"], cfg["num_workers"]) == (1, 0, 2, 3, 1)
     assert {"target", "eval_root", "epochs"} <= set(cfg["given"])
+
+
+# ---- what a run folder may and may not become ----
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished run (1 epoch of 2 batches of 4) and its data, trained once; tests change only copies of it."""
+    import train_SFace_jittor
+    root = tmp_path_factory.mktemp("finished")
+    data_root, _ = copy_demo_faces(root / "data", classes=2, per_class=4)
+    train_SFace_jittor.main(train_args(data_root, root / "run", "--epochs", "1", "--log_freq", "1", "--target", "none"))
+    return data_root, root / "run"
+
+
+def copied_run(finished_run, tmp_path):
+    data_root, outdir = finished_run
+    shutil.copytree(outdir, tmp_path / "run")
+    return data_root, tmp_path / "run"
+
+
+def folder_bytes(outdir):
+    return {name: (outdir / name).read_bytes() for name in sorted(os.listdir(outdir))}
+
+
+def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(finished_run, tmp_path):
+    import train_SFace_jittor
+    data_root, outdir = copied_run(finished_run, tmp_path)
+    before = folder_bytes(outdir)
+    with pytest.raises(OutputError, match=f"{outdir}: holds the checkpoints of an earlier run \\(last.npz\\), "
+                                          f"which a new run would replace; continue that run with --resume {outdir}"):
+        train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none"))
+    assert folder_bytes(outdir) == before
+
+
+def resume_finished(outdir, capsys, *extra):
+    import train_SFace_jittor
+    with pytest.raises(SystemExit) as stopped:
+        train_SFace_jittor.main(["--resume", str(outdir), "--workers_id", "cpu", *extra])
+    assert stopped.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finished_run, tmp_path, capsys):
+    import train_SFace_jittor
+    data_root, outdir = copied_run(finished_run, tmp_path)
+    before = folder_bytes(outdir)
+    for extra in ([], ["--max_steps", "2"]):
+        out = resume_finished(outdir, capsys, *extra)
+        assert f"{outdir / 'last.npz'}: the run is finished (1 of 1 epochs done, step 2" in out
+        assert "nothing was changed" in out
+    assert folder_bytes(outdir) == before
+    # The run's own options may be repeated; a larger limit trains on, and the new limit is then final too.
+    (outdir / "last.npz.tmp99999").write_bytes(b"what a process killed mid-write left")
+    train_SFace_jittor.main(["--resume", str(outdir), *train_args(data_root, outdir), "--epochs", "3", "--max_steps",
+                             "3"])
+    progress = load_checkpoint(str(outdir / "last.npz"))["meta"]["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (1, 1, 3)
+    assert not (outdir / "last.npz.tmp99999").exists()
+    assert "removed 1 partial checkpoint(s) that a process killed mid-write left" in (outdir / "train.log").read_text()
+    after = folder_bytes(outdir)
+    assert "(1 of 3 epochs done, step 3 of --max_steps 3)" in resume_finished(outdir, capsys)
+    assert folder_bytes(outdir) == after
+
+
+@pytest.mark.parametrize("given,refused", [(["--net", "IR_18"], "--net IR_18 (the run's: MobileFaceNet)"),
+                                           (["--lr", "0.1"], "--lr 0.1 (the run's: 0.05)"),
+                                           (["--head", "ArcFace"], "--head ArcFace (the run's: SFaceLoss)"),
+                                           (["--local_bn"], "--local_bn True (the run's: False)")])
+def test_a_resumed_run_refuses_an_option_it_cannot_honour(finished_run, given, refused, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        configure(SFACE, ["--resume", str(finished_run[1]), *given, "--epochs", "2"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"a resumed run keeps its checkpoint's options, so it cannot take {refused}" \
+        in error and "it may change only --workers_id" in error
+
+
+def test_moved_data_resumes_when_it_is_the_same_data(finished_run, tmp_path):
+    import train_SFace_jittor
+    data_root, outdir = copied_run(finished_run, tmp_path)
+    moved = tmp_path / "moved"
+    shutil.copytree(data_root, moved)
+    lines = (moved / "imgs.txt").read_text().splitlines(keepends=True)
+    resume = ["--resume", str(outdir), "--data_root", str(moved), "--workers_id", "cpu", "--epochs", "2"]
+    (moved / "imgs.txt").write_text("".join(lines[:-1]))
+    with pytest.raises(DataError, match=f"{moved / 'imgs.txt'}: not the data the run was trained on \\({data_root}\\): "
+                                        "7 images of 2 classes, fingerprint [0-9a-f]+ here, 8 images of 2 classes"):
+        train_SFace_jittor.main(resume)
+    (moved / "imgs.txt").write_text("".join(lines))
+    train_SFace_jittor.main(resume)
+    checkpoint = load_checkpoint(str(outdir / "last.npz"))
+    assert checkpoint["meta"]["progress"]["step"] == 4 and checkpoint["meta"]["config"]["data_root"] == str(moved)

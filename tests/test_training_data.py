@@ -59,6 +59,32 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
         read_image_list(str(tmp_path))
 
 
+def test_a_line_with_a_field_too_many_is_refused_at_start_up(tmp_path):
+    """The label is the last field and the path all before it, so paths may hold spaces; 'a.jpg 3 0' (the path
+    'a.jpg 3' missing, 'a.jpg' there) is a malformed line, not a missing image."""
+    entries = synthetic_set(tmp_path, count=2)
+    write_jpeg(tmp_path / "a.jpg")
+    write_image_list(tmp_path, entries + [("a.jpg 3", 1)])
+    with pytest.raises(DataError, match=r"imgs.txt:3: expected '<relative path> <label>' \(the label is the last "
+                                        r"field; .*the path is 'a.jpg 3', which does not exist, while 'a.jpg' does"):
+        read_image_list(str(tmp_path))
+    write_image_list(tmp_path, entries + [("a.jpg", 1), ("id1/img 9.jpg", 1)])  # the last one merely missing
+    assert read_image_list(str(tmp_path)).paths == ["id0/img 0.jpg", "id1/img 1.jpg", "a.jpg", "id1/img 9.jpg"]
+
+
+def test_a_list_may_start_with_a_byte_order_mark_and_other_encodings_are_named(tmp_path):
+    synthetic_set(tmp_path, count=2)
+    text = (tmp_path / "imgs.txt").read_bytes()
+    (tmp_path / "imgs.txt").write_bytes(b"\xef\xbb\xbf" + text)
+    (tmp_path / "property").write_bytes(b"\xef\xbb\xbf2,112,112\n")
+    image_list = read_image_list(str(tmp_path))
+    assert image_list.paths[0] == "id0/img 0.jpg" and image_list.num_classes == 2
+    (tmp_path / "imgs.txt").write_bytes(text + "caf\u00e9.jpg 1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"imgs.txt:3: not UTF-8 text \(byte 0xe9 at column 4\); save the file as "
+                                        "UTF-8"):
+        read_image_list(str(tmp_path))
+
+
 def test_bad_property_and_missing_or_empty_list(tmp_path):
     with pytest.raises(DataError, match="imgs.txt: no such file"):
         read_image_list(str(tmp_path))

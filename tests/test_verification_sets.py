@@ -114,6 +114,27 @@ def test_bad_bins_are_named(tmp_path):
         EvalTarget(load_bin(str(small)), (112, 112))
 
 
+def test_a_bin_cannot_run_code_and_holds_only_bytes_and_bools(tmp_path, capfd):
+    """A crafted pickle is refused before anything runs; every honest spelling of the format still loads."""
+    marker = tmp_path / "ran"
+    for crafted in (b"cbuiltins\nprint\n(S'ran'\ntR.", f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()):
+        (tmp_path / "crafted.bin").write_bytes(crafted)
+        with pytest.raises(DataError, match=r"crafted.bin: not a readable verification .bin \(it names "
+                                            r"(builtins.print|os.system), which a verification .bin never holds"):
+            load_target(str(tmp_path / "crafted.bin"), str(tmp_path))
+    assert "ran" not in capfd.readouterr().out and not marker.exists()
+    bins, issame = [jpeg(10), jpeg(20)], [True]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # protocols 0-2 spell bytes as _codecs.encode(...)
+        (tmp_path / "ok.bin").write_bytes(pickle.dumps((bins, issame), protocol=protocol))
+        assert [load_bin(str(tmp_path / "ok.bin")).encoded, protocol] == [bins, protocol]
+    for content, message in ((([np.frombuffer(jpeg(10), np.uint8)] * 2, issame), "it names numpy"),
+                             ((["text", "text"], issame), "bins must be a list of encoded images"),
+                             ((bins, [1]), "issame_list must be a list of booleans")):
+        (tmp_path / "odd.bin").write_bytes(pickle.dumps(content))
+        with pytest.raises(DataError, match=f"odd.bin: .*{message}"):
+            load_bin(str(tmp_path / "odd.bin"))
+
+
 def test_targets_resolve_by_name_or_path(tmp_path):
     make_folder(tmp_path / "mylfw")
     with open(tmp_path / "agedb_30.bin", "wb") as f:

@@ -9,12 +9,16 @@ results. A sharded head is stored whole (every class centre), so a checkpoint lo
 any number of processes, sharded or not. RNG state needs no storage: every random draw is
 seeded from (seed, epoch) or (seed, step), which the checkpoint holds.
 
-Files are written to a temporary name, flushed to disk and renamed over the old one,
-so a crash mid-write leaves the previous checkpoint intact.
+Files are written to a temporary name (`<name>.tmp<PID>`), flushed to disk and renamed over
+the old one, so a crash mid-write leaves the previous checkpoint intact; a write that fails
+(a full disk) removes its temporary file and says so, and a run starting in the folder
+removes those a killed process left. A new run refuses a folder holding another run's
+checkpoints (`open_run_folder`).
 
 Weights only: `train.model.load_model(path)` builds the model and loads it; or take the
 `backbone/` keys of `np.load(path)` yourself.
 """
+import glob
 import json
 import os
 import zipfile
@@ -33,8 +37,15 @@ OFFICIAL_JITTOR_INPUT_NORM = [127.5, 0.078125]
 MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 
 
+TEMPORARY = ".tmp"  # a checkpoint being written: <name>.tmp<PID>, renamed to <name> once whole
+
+
 class CheckpointError(ValueError):
     """A checkpoint or weight file that cannot be used, with the file named in the message."""
+
+
+class OutputError(ValueError):
+    """An output folder or file that cannot be written, or a run that would be overwritten; the path is named."""
 
 
 def module_arrays(module):
@@ -47,13 +58,52 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
     arrays.update({f"head/{k}": v for k, v in head.items()})
     arrays.update({f"optimizer/{k}": v for k, v in (optimizer_state or {}).items()})
     arrays["meta"] = np.array(json.dumps(dict(meta, format=FORMAT)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    make_outdir(os.path.dirname(os.path.abspath(path)))
+    tmp = f"{path}{TEMPORARY}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # a partial file would keep a full disk full
+        kept = f"the previous {path} is intact" if os.path.exists(path) else "no earlier checkpoint was there"
+        raise OutputError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
+
+
+def make_outdir(path):
+    """Create the folder `path` (and its parents) or raise an OutputError saying why it cannot be used."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{path}: exists and is not a folder; give another --outdir")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create the output folder ({e.strerror}); give another --outdir") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the output folder is not writable; give another --outdir")
+
+
+def open_run_folder(outdir, resumed=None):
+    """The output folder of a run, created; refused to a new run while it holds another run's checkpoints.
+
+    `resumed`: the checkpoint file a resumed run continues (its own folder may hold checkpoints).
+    -> the partial checkpoints a process killed mid-write left there, removed (by rank 0).
+    """
+    make_outdir(outdir)
+    held = [name for name in (LAST, BEST) if os.path.exists(os.path.join(outdir, name))]
+    own = resumed is not None and os.path.realpath(os.path.dirname(resumed)) == os.path.realpath(outdir)
+    if held and not own:
+        raise OutputError(f"{outdir}: holds the checkpoints of an earlier run ({', '.join(held)}), which a new run "
+                          f"would replace; continue that run with --resume {outdir}, or give another --outdir "
+                          "(or remove the folder to start over)")
+    if not distributed.is_main():
+        return []
+    leftovers = sorted(glob.glob(os.path.join(glob.escape(outdir), f"*.npz{TEMPORARY}*")))
+    for path in leftovers:
+        os.remove(path)
+    return leftovers
 
 
 def load_checkpoint(path):
@@ -123,13 +173,23 @@ def not_scf(path):
     return CheckpointError(f"{path}: not an SCF checkpoint (train one with train_SCF_jittor.py)")
 
 
+def run_checkpoint(path, names=(LAST,)):
+    """`path`, or in a run's output folder the first of `names` it holds; a CheckpointError if it holds none."""
+    if not os.path.isdir(path):
+        return path
+    for name in names:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise CheckpointError(f"{path}: a folder holding no {' or '.join(names)}, so not a run's output folder")
+
+
 def training_checkpoint(path, scf):
     """A checkpoint to resume (a file, or an outdir holding last.npz) of an SFace-style or an SCF run.
 
     -> (its file path, the checkpoint); CheckpointError naming the file when it is of the other kind or
     holds weights only.
     """
-    path = os.path.join(path, LAST) if os.path.isdir(path) else path
+    path = run_checkpoint(path)
     checkpoint = load_checkpoint(path)
     config = checkpoint["meta"].get("config", {})
     if scf and not is_scf(config):

@@ -8,12 +8,15 @@ no derived key can go stale. The config is what the run logs, writes to `config.
 stores in checkpoints.
 """
 import argparse
+import math
 import os
+import sys
 from collections import namedtuple
 
+from backbone import check_backbone
 from data.image_list import DataError, parse_size
 from head import HEADS, head_params
-from util.distributed import WORKERS_ID_HELP, parse_workers
+from util.distributed import WORKERS_ID_HELP, is_main, parse_workers
 
 from .checkpoint import CheckpointError, model_config, training_checkpoint
 
@@ -114,9 +117,12 @@ SFACE_PRESETS = {
 SCF_PRESETS = {"casia": {}, "vgg": {}, "ms1m": {},
                "demo": {**DEMO_RUN, "epochs": 4, "step_size": 1, "lr": 1e-3}}
 
-# What a resumed run may change; everything else comes from the checkpoint's config.
+# What a resumed run may change; everything else comes from the checkpoint's config, and giving it
+# another value is refused. A new --data_root must hold the same data (checked when it is read).
 COMMON_OVERRIDABLE = ("workers_id", "num_workers", "max_steps", "epochs", "save_freq", "log_freq", "strict_data",
-                      "outdir")
+                      "outdir", "data_root")
+# Options naming files: the same file however the path is spelt.
+PATH_OPTIONS = ("checkpoint", "resume_backbone", "resume_head")
 
 Spec = namedtuple("Spec", "script description options presets overridable scf")
 SFACE = Spec("train_SFace_jittor.py", "Train a face-recognition backbone with a loss head (SFace by default). Run "
@@ -125,6 +131,17 @@ SFACE = Spec("train_SFace_jittor.py", "Train a face-recognition backbone with a 
 SCF = Spec("train_SCF_jittor.py", "Train Sphere Confidence Face (a per-image kappa) on a frozen model. Run under "
            "`mpirun -np N` for data parallelism over N processes.", SCF_OPTIONS, SCF_PRESETS,
            COMMON_OVERRIDABLE, scf=True)
+
+
+def finite_float(text):
+    """A float option's type: NaN and infinity are refused on the command line (an --lr nan trains NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return value
 
 
 def build_parser(spec):
@@ -136,7 +153,8 @@ def build_parser(spec):
         if option.type == FLAG:
             p.add_argument(f"--{name}", action="store_true", default=None, help=option.help)
         else:
-            p.add_argument(f"--{name}", type=option.type, default=None, help=option.help + shown,
+            p.add_argument(f"--{name}", type=finite_float if option.type is float else option.type, default=None,
+                           help=option.help + shown,
                            choices=sorted(spec.presets) if name == "data_mode" else None)
     return p
 
@@ -172,9 +190,10 @@ def resolve_sface(cfg):
     cfg["targets"] = [] if cfg["target"].strip().lower() in ("", "none") else \
         [t.strip() for t in cfg["target"].split(",") if t.strip()]
     cfg["input_hw"] = list(parse_size(cfg["input_size"]))
+    check_backbone(cfg["net"], cfg["input_hw"])
     cfg["stage_epochs"] = parse_int_list(cfg["stages"], "--stages")
     check_ranges(cfg, ("epochs", "batch_size", "embedding_size", "log_freq", "num_workers", "lr"),
-                 ("eval_freq", "save_freq", "max_steps"))
+                 ("eval_freq", "save_freq", "max_steps", "momentum", "weight_decay"))
     given = {k[len("param_"):]: cfg[k] for k in cfg["given"] if k.startswith("param_")}
     checked = head_params(cfg["head"], given, cfg["shard_head"])  # the one check: head, its parameters, sharding
     # The head's own --param_<x>, given or from the preset (a preset's a and b mean nothing to ArcFace).
@@ -188,8 +207,8 @@ def resolve_scf(cfg):
     if not cfg["checkpoint"] and not cfg["resume"]:
         raise ValueError("give --checkpoint (the frozen model) or --resume")
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"SCF-{cfg['net']}-{cfg['data_mode']}")
-    check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius"),
-                 ("save_freq", "max_steps", "quality_augment"))
+    check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius", "gamma"),
+                 ("save_freq", "max_steps", "quality_augment", "weight_decay"))
     return cfg
 
 
@@ -199,9 +218,48 @@ def resolve(spec, values):
     return resolve_scf(cfg) if spec.scf else resolve_sface(cfg)
 
 
+def same_value(name, given, stored):
+    if name in PATH_OPTIONS and given and stored:
+        return os.path.realpath(given) == os.path.realpath(stored)
+    return given == stored
+
+
+def refuse_unhonoured(spec, given, stored):
+    """A resumed run is its checkpoint's run: an option it may not change, given another value, is an error."""
+    unhonoured = [f"--{k} {given[k]} (the run's: {stored.get(k, spec.options[k].default)})" for k in sorted(given)
+                  if k not in spec.overridable and k != "resume"
+                  and not same_value(k, given[k], stored.get(k, spec.options[k].default))]
+    if unhonoured:
+        raise ValueError(f"a resumed run keeps its checkpoint's options, so it cannot take {', '.join(unhonoured)}; "
+                         f"it may change only {', '.join('--' + k for k in spec.overridable)} (start a new run, with "
+                         "another --outdir, for the rest)")
+
+
+def reached_max_steps(cfg, progress):
+    return bool(cfg["max_steps"]) and progress["step"] >= cfg["max_steps"]
+
+
+def finished(cfg, progress):
+    """Whether a run at `progress` has nothing left to do: its epochs or --max_steps done, and its last evaluation."""
+    trained = progress["epoch"] >= cfg["epochs"] or reached_max_steps(cfg, progress)
+    return trained and (not cfg.get("targets") or progress.get("evaluated_step") == progress["step"])
+
+
+def stop_if_finished(cfg, path, progress):
+    """A finished run given to --resume: say so and exit (status 0) before anything is read or written."""
+    if not finished(cfg, progress):
+        return
+    if is_main():
+        limit = f" of --max_steps {cfg['max_steps']}" if reached_max_steps(cfg, progress) else ""
+        print(f"{path}: the run is finished ({progress['epoch']} of {cfg['epochs']} epochs done, step "
+              f"{progress['step']}{limit}); nothing was changed. Give a larger --epochs or --max_steps to train on.")
+    sys.exit(0)
+
+
 def resumed_values(spec, given, path, checkpoint):
     """The checkpoint's config with the options a resumed run may change taken from its command line."""
     stored = checkpoint["meta"]["config"]
+    refuse_unhonoured(spec, given, stored)
     values = {name: option.default for name, option in spec.options.items()}
     values.update(stored)
     values.update({k: v for k, v in given.items() if k in spec.overridable}, resume=path)
@@ -218,7 +276,9 @@ def configure(spec, argv=None):
     try:
         if given.get("resume"):
             path, checkpoint = training_checkpoint(given["resume"], spec.scf)
-            return resolve(spec, resumed_values(spec, given, path, checkpoint)), checkpoint
+            cfg = resolve(spec, resumed_values(spec, given, path, checkpoint))
+            stop_if_finished(cfg, path, checkpoint["meta"]["progress"])
+            return cfg, checkpoint
         values = dict(layered(spec, given), given=sorted(given))
         if spec.scf and values["checkpoint"]:
             values.update(model_config(values["checkpoint"]), scf=True,  # the frozen model's

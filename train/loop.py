@@ -13,10 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.loader import BatchLoader
-from data.training_sets import open_training_set
+from data.training_sets import check_moved_data, data_identity, open_training_set
 from util import distributed
 
-from .checkpoint import BEST, LAST, restore_state, save_state
+from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
+from .config import reached_max_steps
 from .logger import MetricsLog, TrainWindow, describe_record, setup_logging
 
 
@@ -30,12 +31,19 @@ class Run:
             raise SystemExit("--amp is mixed precision for the GPU; this run is on the CPU, where float16 is slower "
                              "than float32: leave --amp out")
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        leftovers = open_run_folder(cfg["outdir"], cfg["resume"] if checkpoint else None)  # before reading data
         self.log = setup_logging(cfg["outdir"], self.rank)
+        if leftovers:
+            self.log.info("removed %d partial checkpoint(s) that a process killed mid-write left: %s", len(leftovers),
+                          ", ".join(leftovers))
         self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
         meta = checkpoint["meta"] if checkpoint else {}
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
         self.window = TrainWindow(meta.get("window"))
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
+        if checkpoint is not None and moved(checkpoint["meta"]["config"]["data_root"], cfg["data_root"]):
+            check_moved_data(self.dataset, cfg.get("data"), checkpoint["meta"]["config"]["data_root"])
+        cfg["data"] = data_identity(self.dataset)  # what a resumed run checks moved data against
         self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
@@ -53,7 +61,6 @@ class Run:
             self.log.info("resumed %s at epoch %d, batch %d (step %d)", self.cfg["resume"], self.progress["epoch"] + 1,
                           self.progress["batch"], self.progress["step"])
         elif distributed.is_main():
-            os.makedirs(self.cfg["outdir"], exist_ok=True)
             open(self.metrics.path, "w").close()
             with open(os.path.join(self.cfg["outdir"], "config.json"), "w") as f:
                 json.dump(self.cfg, f, indent=2)
@@ -77,7 +84,7 @@ class Run:
 
     def log_window(self, lr):
         record = self.window.record(self.progress, lr)
-        record["skipped_images"] = self.loader.skipped
+        record["skipped_images"] = self.skipped_images()
         if self.rank == 0:
             self.metrics.write(record)
         self.log.info("epoch %d batch %d/%d step %d  lr %.4g  %s", self.progress["epoch"] + 1, self.progress["batch"],
@@ -91,8 +98,7 @@ class Run:
         if validation is not None and progress["step"] == 0:
             self.evaluate(model, validation)  # the starting point, to compare against
         self.window.start = time.time()  # throughput measures training, not that evaluation
-        stop = False
-        while progress["epoch"] < cfg["epochs"] and not stop:
+        while progress["epoch"] < cfg["epochs"] and not reached_max_steps(cfg, progress):
             epoch = progress["epoch"]
             model.optimizer.lr = lr_at(cfg, epoch)
             bar = tqdm(total=len(self.loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
@@ -111,13 +117,13 @@ class Run:
                     self.log_window(model.optimizer.lr)
                 if validation is not None and cfg["eval_freq"] and progress["step"] % cfg["eval_freq"] == 0:
                     self.evaluate(model, validation)
-                stop = bool(cfg["max_steps"]) and progress["step"] >= cfg["max_steps"]
+                stop = reached_max_steps(cfg, progress)
                 if cfg["save_freq"] and progress["step"] % cfg["save_freq"] == 0 or stop:
                     self.save(LAST, model, validation)
                 if stop:
                     break
             bar.close()
-            if not stop:
+            if not reached_max_steps(cfg, progress):
                 progress.update(epoch=epoch + 1, batch=0)
                 self.save(LAST, model, validation)
         if validation is not None and progress.get("evaluated_step") != progress["step"]:
@@ -125,13 +131,22 @@ class Run:
             self.save(LAST, model, validation)
         self.finish(validation)
 
+    def skipped_images(self):
+        """Training images skipped so far by every rank (a collective: all ranks call it at the same step)."""
+        return int(distributed.sum_arrays(np.array([self.loader.skipped], np.int64))[0])
+
     def finish(self, validation):
-        if self.loader.skipped:
-            self.log.warning("%d unreadable training images were skipped (see the warnings above)", self.loader.skipped)
+        skipped = self.skipped_images()
+        if skipped and self.rank == 0:
+            self.log.warning("%d unreadable training images were skipped (see the warnings above)", skipped)
         if validation is not None:
             validation.summary(self.log, self.cfg["outdir"])
         self.log.info("done at step %d; latest checkpoint %s", self.progress["step"],
                       os.path.join(self.cfg["outdir"], LAST))
+
+
+def moved(old_root, new_root):
+    return os.path.realpath(old_root) != os.path.realpath(new_root)
 
 
 def progress_figures(stats, seconds):
