@@ -56,7 +56,7 @@ def model_config(args):
     """The training config the benchmark's model is built from (an SFace head, as training's default)."""
     return {"seed": 0, "net": args.net, "input_hw": list(args.input_hw), "embedding_size": args.embedding_size,
             "local_bn": args.local_bn, "head": "SFaceLoss", "shard_head": args.shard_head, "head_params": {},
-            "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+            "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "amp": False}
 
 
 def random_batch(args, size, seed):

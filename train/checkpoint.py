@@ -220,13 +220,13 @@ def save_state(path, meta, modules, optimizer):
         if is_sharded(module):
             arrays[part] = {n: module.gather_block(a) for n, a in arrays[part].items()}
             state = {k: module.gather_block(a) if k.startswith(f"{part}/") else a for k, a in state.items()}
-    not_finite = [f"{part}/{n}" for part in arrays for n, a in arrays[part].items() if not np.isfinite(a).all()]
-    if not_finite:
-        raise CheckpointError(f"{path}: not written, the weights {', '.join(not_finite[:3])} are not finite; the "
-                              "checkpoint already there (if any) is unchanged")
     if optimizer.loss_scale:
         meta = dict(meta, loss_scale=optimizer.loss_scale.state())
-    if distributed.is_main():
+    if distributed.is_main():  # it alone holds whole arrays (a sharded head is gathered to it); its error ends the job
+        not_finite = [f"{part}/{n}" for part in arrays for n, a in arrays[part].items() if not np.isfinite(a).all()]
+        if not_finite:
+            raise CheckpointError(f"{path}: not written, the weights {', '.join(not_finite[:3])} are not finite; "
+                                  "the checkpoint already there (if any) is unchanged")
         save_checkpoint(path, dict(meta, optimizer_steps=optimizer.steps), arrays["backbone"], arrays["head"], state)
 
 
