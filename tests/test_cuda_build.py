@@ -48,3 +48,15 @@ def test_recorded_cuda_settings_are_exported_and_a_users_value_wins(tmp_path, mo
     assert "no cuDNN" in capsys.readouterr().err
     apply_cuda_settings(str(tmp_path / "absent.json"))
     assert "run `bash setup.sh`" in capsys.readouterr().err
+
+
+def test_one_process_uses_the_gpu_its_workers_id_names(monkeypatch, tmp_path):
+    """`--workers_id 1` without mpirun means GPU 1 (it used to be GPU 0)."""
+    import util.runtime as runtime
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "CUDA_VISIBLE_DEVICES", "nvcc_path"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SFACE_CUDA", "1")
+    monkeypatch.setattr(runtime, "CUDA_SETTINGS", str(tmp_path / "absent.json"))
+    monkeypatch.setattr(runtime.apply_cuda_settings, "__defaults__", (str(tmp_path / "absent.json"),))
+    runtime.configure_jittor_env(["train_SFace_jittor.py", "--workers_id", "1"])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

@@ -98,7 +98,8 @@ def configure_jittor_env(argv=None):
         os.environ["nvcc_path"] = ""
         return
     apply_cuda_settings()
-    gpu = rank_gpu(rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
+    # One process is rank 0, so `--workers_id 1` there means GPU 1.
+    gpu = rank_gpu(0 if rank is None else rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
                    os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
