@@ -74,18 +74,21 @@ def test_ranks_get_the_gpus_listed_in_workers_id():
         rank_gpu(1, "0,3", "0,1")
 
 
-def test_ranks_compile_kernels_one_at_a_time_unless_told_otherwise():
-    """util.runtime turns Jittor's parallel kernel compiler off in mpirun ranks (it crashed there), only there."""
+def test_cpu_processes_compile_kernels_one_at_a_time_unless_told_otherwise():
+    """util.runtime turns Jittor's parallel kernel compiler off in CPU builds (it crashed there), in mpirun
+    ranks and single processes alike; a CUDA build keeps Jittor's default; an exported value wins."""
     probe = ["-c", "import util.runtime, jittor; print('threads', jittor.flags.use_parallel_op_compiler)"]
-    env = {k: v for k, v in MPI_ENV.items() if k != "use_parallel_op_compiler"}
+    env = {k: v for k, v in MPI_ENV.items() if k not in ("use_parallel_op_compiler", "nvcc_path")}
 
     def compile_threads(command, **extra):
         out = run(command, env=dict(env, **extra)).stdout
         return [line.split()[1] for line in out.splitlines() if line.startswith("threads ")]
 
     assert compile_threads(mpirun(2, *probe)) == ["0", "0"]
-    assert compile_threads([sys.executable, *probe]) == ["16"]  # Jittor's default
+    assert compile_threads([sys.executable, *probe]) == ["0"]
     assert compile_threads(mpirun(1, *probe), use_parallel_op_compiler="4") == ["4"]
+    cuda_build = ["-c", "import os, util.runtime; print('threads', os.environ.get('use_parallel_op_compiler'))"]
+    assert compile_threads([sys.executable, *cuda_build], nvcc_path="/usr/local/cuda/bin/nvcc") == ["None"]
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])

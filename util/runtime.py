@@ -14,12 +14,13 @@ are more ranks than ids, e.g. `--workers_id 0` puts every rank on GPU 0). Jittor
 its device from the local rank among the visible GPUs, so each rank is shown only its own
 GPU (CUDA_VISIBLE_DEVICES), and the ids count within what was visible before.
 
-Under mpirun, kernels are also compiled one at a time: Jittor 1.3.11's parallel kernel
-compiler crashed (SIGSEGV in a compile thread) in about 1 of 100 cold-cache launches of
-3 CPU ranks here (never seen in a single process). The ranks compile one after another
-anyway (Jittor holds a file lock on its cache while compiling), so only the rank that
-compiles first is slowed: about a third more time on a cold cache, nothing once kernels
-are cached. Export `use_parallel_op_compiler=N` to choose otherwise.
+On the CPU, kernels are compiled one at a time (`use_parallel_op_compiler=0`): Jittor 1.3.11's
+parallel kernel compiler crashed here (SIGSEGV in a compile thread, 'C0' or 'C4') in about 1 of 100
+cold-cache launches of 3 mpirun ranks and in single processes compiling a new graph, the crash
+Jittor's maintainers answer with this setting (Jittor/JGAN issue 9). On 2 cores it costs little
+(README, Limits: measured) and nothing once kernels are cached. With a GPU, Jittor's parallel
+compiler stays on (not measured: the crash was never seen there, each kernel is a slow nvcc run, and
+GPU machines have the cores to run many). Export `use_parallel_op_compiler=N` to choose otherwise.
 """
 import json
 import os
@@ -91,12 +92,12 @@ def apply_cuda_settings(path=CUDA_SETTINGS):
 
 
 def configure_jittor_env(argv=None):
-    rank = mpi_rank_from_environment()
-    if rank is not None:
-        os.environ.setdefault("use_parallel_op_compiler", "0")
     if "nvcc_path" not in os.environ and not (os.environ.get("SFACE_CUDA") == "1" or cuda_gpu_present()):
         os.environ["nvcc_path"] = ""
+    if os.environ.get("nvcc_path") == "":
+        os.environ.setdefault("use_parallel_op_compiler", "0")  # the CPU build (see above)
         return
+    rank = mpi_rank_from_environment()
     apply_cuda_settings()
     # One process is rank 0, so `--workers_id 1` there means GPU 1.
     gpu = rank_gpu(0 if rank is None else rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
