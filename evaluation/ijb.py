@@ -84,7 +84,9 @@ def ijb_reports(ijb, features, radius=None):
     """
     counts = {"faces": len(ijb.images), "templates": len(np.unique(ijb.templates)), "pairs": len(ijb.pairs),
               "genuine_pairs": int(ijb.issame.sum())}
-    template_ids, unit = pool_templates(features["raw"] * ijb.scores[:, None], ijb.templates, ijb.medias)
+    weighted = features["raw"] * ijb.scores[:, None].astype(features["raw"].dtype)  # float32 for IJB-C's 469k faces
+    template_ids, unit = pool_templates(weighted, ijb.templates, ijb.medias)
+    unit = unit.astype(np.float32)  # halves the memory traffic of gathering 15.7 million pairs' rows
     rows = np.searchsorted(template_ids, ijb.pairs)
     reports = [ijb_report(chunked(lambda r: pair_distances(unit, r), rows), ijb.issame, ijb.name, counts)]
     if features["kappa"] is not None:
