@@ -165,9 +165,16 @@ def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
              for i, (name, value) in enumerate(arrays.items())}
     write_torch_file(tmp_path / "Backbone_IR_18.pth", state, storages, legacy=False)
     out = tmp_path / "ir18.npz"
-    subprocess.run([sys.executable, "tools/import_weights.py", "pytorch", "--net", "IR_18",
-                    "--backbone", str(tmp_path / "Backbone_IR_18.pth"), "--out", str(out)],
-                   cwd=REPO_ROOT, check=True, capture_output=True)
+
+    def import_to(path):
+        return subprocess.run([sys.executable, "tools/import_weights.py", "pytorch", "--net", "IR_18",
+                               "--backbone", str(tmp_path / "Backbone_IR_18.pth"), "--out", str(path)],
+                              cwd=REPO_ROOT, capture_output=True, text=True)
+
+    assert import_to(out).returncode == 0
     backbone, cfg = load_backbone(str(out))
     assert cfg["embedding_size"] == 64 and cfg["input_norm"] == [127.5, 0.078125]
     np.testing.assert_array_equal(backbone.body[3].res_layer[1].weight.numpy(), arrays["body.3.res_layer.1.weight"])
+    refused = import_to(out / "inside_a_file.npz")  # where nothing can be written: a message, not a traceback
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"{out}: exists and is not a folder" in refused.stderr

@@ -31,7 +31,7 @@ from data.image_list import parse_size  # noqa: E402
 from interop.torch_pickle import load_torch_file  # noqa: E402
 from interop.weight_import import (SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet,  # noqa: E402
                                    from_reference_pytorch, from_xiaoccer_pytorch)
-from train.checkpoint import load_weights, save_checkpoint  # noqa: E402
+from train.checkpoint import OutputError, load_weights, save_checkpoint  # noqa: E402
 
 
 def backbone_config(net, input_hw, embedding_size, input_norm, source):
@@ -97,7 +97,10 @@ def main(argv=None):
         load_weights(model, backbone_arrays, f"{args.source} weights")  # every name and shape must fit
     except (KeyError, ValueError) as e:
         sys.exit(f"error: cannot import {args.source} weights: {e}")
-    save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays)
+    try:
+        save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays)
+    except OutputError as e:  # a full disk, an unwritable folder: the message names the file
+        sys.exit(f"error: {e}")
     print(f"{args.out}: {cfg['net']} {cfg['input_size']}, {cfg['embedding_size']}-d, input (x - {cfg['input_norm'][0]})"
           f" * {cfg['input_norm'][1]:g}{', with head' if head_arrays else ''}; config {json.dumps(cfg)}")
 
