@@ -17,7 +17,7 @@ import jittor as jt
 
 from data.image_list import DataError
 from train.checkpoint import LAST, CheckpointError, OutputError
-from train.config import SCF, configure
+from train.config import SCF, RunFinished, configure
 from train.loop import Run
 from train.model import build_scf_model, load_model
 from train.optim import step_lr
@@ -49,4 +49,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError),
+                         clean_exits=(RunFinished,))

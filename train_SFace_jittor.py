@@ -13,7 +13,7 @@ from functools import partial
 
 from data.image_list import DataError
 from train.checkpoint import CheckpointError, OutputError, load_part
-from train.config import SFACE, configure
+from train.config import SFACE, RunFinished, configure
 from train.loop import Run
 from train.model import build_model, start_weights
 from train.optim import stage_lr
@@ -41,4 +41,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError))
+    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError),
+                         clean_exits=(RunFinished,))

@@ -13,7 +13,7 @@ import pytest
 from conftest import DEMO_ROOT, REPO_ROOT, copy_demo_faces, small_pairs_folder
 from data.image_list import DataError
 from train.checkpoint import OutputError, load_checkpoint
-from train.config import SCF, SFACE, configure
+from train.config import SCF, SFACE, RunFinished, configure
 from train.model import load_backbone
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -245,22 +245,24 @@ def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(finished_run, tmp_
     assert folder_bytes(outdir) == before
 
 
-def resume_finished(outdir, capsys, *extra):
+def resume_finished(outdir, *extra):
     import train_SFace_jittor
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(RunFinished) as stopped:
         train_SFace_jittor.main(["--resume", str(outdir), "--workers_id", "cpu", *extra])
-    assert stopped.value.code == 0
-    return capsys.readouterr().out
+    return str(stopped.value)
 
 
-def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finished_run, tmp_path, capsys):
+def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finished_run, tmp_path):
     import train_SFace_jittor
     data_root, outdir = copied_run(finished_run, tmp_path)
     before = folder_bytes(outdir)
     for extra in ([], ["--max_steps", "2"]):
-        out = resume_finished(outdir, capsys, *extra)
+        out = resume_finished(outdir, *extra)
         assert f"{outdir / 'last.npz'}: the run is finished (1 of 1 epochs done, step 2" in out
         assert "nothing was changed" in out
+    command = subprocess.run([sys.executable, TRAIN, "--resume", str(outdir)], cwd=REPO_ROOT, capture_output=True,
+                             text=True)
+    assert command.returncode == 0 and "the run is finished" in command.stdout, command.stderr[-2000:]
     assert folder_bytes(outdir) == before
     # The run's own options may be repeated; a larger limit trains on, and the new limit is then final too.
     (outdir / "last.npz.tmp99999").write_bytes(b"what a process killed mid-write left")
@@ -271,7 +273,7 @@ def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finis
     assert not (outdir / "last.npz.tmp99999").exists()
     assert "removed 1 partial checkpoint(s) that a process killed mid-write left" in (outdir / "train.log").read_text()
     after = folder_bytes(outdir)
-    assert "(1 of 3 epochs done, step 3 of --max_steps 3)" in resume_finished(outdir, capsys)
+    assert "(1 of 3 epochs done, step 3 of --max_steps 3)" in resume_finished(outdir)
     assert folder_bytes(outdir) == after
 
 

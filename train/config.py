@@ -10,13 +10,12 @@ stores in checkpoints.
 import argparse
 import math
 import os
-import sys
 from collections import namedtuple
 
 from backbone import check_backbone
 from data.image_list import DataError, parse_size
 from head import HEADS, head_params
-from util.distributed import WORKERS_ID_HELP, is_main, parse_workers
+from util.distributed import WORKERS_ID_HELP, parse_workers
 
 from .checkpoint import CheckpointError, model_config, training_checkpoint
 
@@ -245,15 +244,18 @@ def finished(cfg, progress):
     return trained and (not cfg.get("targets") or progress.get("evaluated_step") == progress["step"])
 
 
+class RunFinished(Exception):
+    """A finished run given to --resume: nothing to do (the scripts exit with status 0, printing this)."""
+
+
 def stop_if_finished(cfg, path, progress):
-    """A finished run given to --resume: say so and exit (status 0) before anything is read or written."""
+    """Raise RunFinished for a finished run, before anything is read or written."""
     if not finished(cfg, progress):
         return
-    if is_main():
-        limit = f" of --max_steps {cfg['max_steps']}" if reached_max_steps(cfg, progress) else ""
-        print(f"{path}: the run is finished ({progress['epoch']} of {cfg['epochs']} epochs done, step "
-              f"{progress['step']}{limit}); nothing was changed. Give a larger --epochs or --max_steps to train on.")
-    sys.exit(0)
+    limit = f" of --max_steps {cfg['max_steps']}" if reached_max_steps(cfg, progress) else ""
+    raise RunFinished(f"{path}: the run is finished ({progress['epoch']} of {cfg['epochs']} epochs done, step "
+                      f"{progress['step']}{limit}); nothing was changed. Give a larger --epochs or --max_steps to "
+                      "train on.")
 
 
 def resumed_values(spec, given, path, checkpoint):

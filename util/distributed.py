@@ -159,13 +159,17 @@ def abort(message):
     sys.exit(1)
 
 
-def run_main(main, expected_errors=()):
+def run_main(main, expected_errors=(), clean_exits=()):
     """Run a script's main(); a failure on any rank ends the whole job, naming the rank.
 
     `expected_errors` (bad input) print only their message; anything else its traceback.
+    `clean_exits`: exceptions that end the job with status 0, rank 0 printing their message.
     """
     try:
         main()
+    except clean_exits as e:
+        if is_main():
+            print(e)
     except expected_errors as e:
         abort(f"error: {e}")
     except BaseException as e:  # a crash on one rank must not leave the others hanging in a collective
