@@ -19,15 +19,27 @@ def data_identity(dataset):
     return {"images": len(dataset), "classes": int(dataset.num_classes), "fingerprint": dataset.fingerprint()}
 
 
-def check_moved_data(dataset, stored, old_root):
-    """A resumed run reading its data from a new root: it must find the data it was trained on (`stored`)."""
+def check_resumed_data(dataset, stored, old_root, moved):
+    """A resumed run must read the data it was trained on (`stored`): at its root, or at a new one it `moved` to.
+
+    Its position (epoch, batch) means the same images only in the same list, so a list edited in place
+    is refused too.
+    """
     if stored is None:
-        raise DataError(f"{dataset.source}: the run read {old_root}, and its checkpoint predates data fingerprints, so "
-                        "this cannot be checked to be the same data; resume with the original --data_root")
+        if moved:
+            raise DataError(f"{dataset.source}: the run read {old_root}, and its checkpoint predates data "
+                            "fingerprints, so this cannot be checked to be the same data; resume with the original "
+                            "--data_root")
+        return  # a checkpoint from before data fingerprints, at its own root: nothing to compare with
     found = data_identity(dataset)
-    if found != stored:
+    if found == stored:
+        return
+    if moved:
         raise DataError(f"{dataset.source}: not the data the run was trained on ({old_root}): {describe(found)} here, "
                         f"{describe(stored)} there")
+    raise DataError(f"{dataset.source}: changed since the run read it: {describe(found)} now, {describe(stored)} "
+                    "then; a resumed run needs its own data (to train on the new list, start a new run from these "
+                    "weights with --resume_backbone and --resume_head)")
 
 
 def describe(identity):

@@ -289,6 +289,23 @@ def test_a_resumed_run_refuses_an_option_it_cannot_honour(finished_run, given, r
         in error and "it may change only --workers_id" in error
 
 
+def test_a_list_edited_in_place_is_refused_on_resume(finished_run, tmp_path):
+    import train_SFace_jittor
+    data_root, outdir = copied_run(finished_run, tmp_path)
+    listing = os.path.join(data_root, "imgs.txt")
+    with open(listing) as f:
+        original = f.read()
+    try:
+        with open(listing, "w") as f:
+            f.write("".join(original.splitlines(keepends=True)[:-1]))
+        with pytest.raises(DataError, match=f"{listing}: changed since the run read it: 7 images of 2 classes, "
+                                            "fingerprint [0-9a-f]+ now, 8 images of 2 classes"):
+            train_SFace_jittor.main(["--resume", str(outdir), "--workers_id", "cpu", "--epochs", "2"])
+    finally:
+        with open(listing, "w") as f:
+            f.write(original)
+
+
 def test_moved_data_resumes_when_it_is_the_same_data(finished_run, tmp_path):
     import train_SFace_jittor
     data_root, outdir = copied_run(finished_run, tmp_path)

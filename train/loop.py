@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.loader import BatchLoader
-from data.training_sets import check_moved_data, data_identity, open_training_set
+from data.training_sets import check_resumed_data, data_identity, open_training_set
 from util import distributed
 
 from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
@@ -41,9 +41,10 @@ class Run:
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
         self.window = TrainWindow(meta.get("window"))
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
-        if checkpoint is not None and moved(checkpoint["meta"]["config"]["data_root"], cfg["data_root"]):
-            check_moved_data(self.dataset, cfg.get("data"), checkpoint["meta"]["config"]["data_root"])
-        cfg["data"] = data_identity(self.dataset)  # what a resumed run checks moved data against
+        if checkpoint is not None:
+            old_root = checkpoint["meta"]["config"]["data_root"]
+            check_resumed_data(self.dataset, cfg.get("data"), old_root, moved(old_root, cfg["data_root"]))
+        cfg["data"] = data_identity(self.dataset)  # what a resumed run checks its data against
         self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
