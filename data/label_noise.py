@@ -6,6 +6,8 @@ other C - 1 (never its own). The flipped images are listed in `<outdir>/label_no
 """
 import numpy as np
 
+from .image_list import DataError
+
 NOISE_FILE = "label_noise.txt"
 NOISE_DRAW = 11  # the generator stream of the flips, apart from the data order's and the weights'
 
@@ -16,7 +18,8 @@ def flip_labels(labels, num_classes, fraction, seed):
     candidates = np.flatnonzero(labels >= 0)
     count = int(round(fraction * len(candidates)))
     if count and num_classes < 2:
-        raise ValueError(f"--label_noise needs at least 2 classes to flip a label to another, the data has {num_classes}")
+        raise ValueError(f"--label_noise needs at least 2 classes to flip a label to another, the data has "
+                         f"{num_classes}")
     rng = np.random.default_rng([seed, NOISE_DRAW])
     flipped = np.sort(rng.permutation(candidates)[:count])
     noisy = labels.copy()
@@ -27,7 +30,10 @@ def flip_labels(labels, num_classes, fraction, seed):
 def apply_label_noise(dataset, fraction, seed):
     """Flip the labels of `dataset` (an ImageListDataset or RecDataset) in place; -> (flipped indices, their
     original labels)."""
-    noisy, flipped = flip_labels(dataset.labels, dataset.num_classes, fraction, seed)
+    try:
+        noisy, flipped = flip_labels(dataset.labels, dataset.num_classes, fraction, seed)
+    except ValueError as e:
+        raise DataError(f"{dataset.source}: {e}") from None
     original = dataset.labels[flipped].copy()
     dataset.labels[:] = noisy  # the array the dataset's `load` reads
     return flipped, original

@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--max_images", type=int, default=0, help="a random sample of this many training images "
                                                            "(drawn from seed 0; default 0: all)")
     p.add_argument("--metrics", default="", help="the run's metrics.jsonl (default: beside the checkpoint, if there)")
-    p.add_argument("--out", default="", help="output path without extension (default: <checkpoint folder>/angle_report)")
+    p.add_argument("--out", default="", help="output path without extension (default: <checkpoint "
+                                             "folder>/angle_report)")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass on each rank")
     p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
@@ -111,7 +112,8 @@ def training_angles(args):
     others = cos[~target]
     if len(others) > MAX_OTHER:
         others = np.random.default_rng(0).choice(others, MAX_OTHER, replace=False)
-    return {"theta_y": angles(cos[np.arange(len(labels)), labels]), "theta_j": angles(others), "flipped": flipped_set[indices],
+    return {"theta_y": angles(cos[np.arange(len(labels)), labels]), "theta_j": angles(others),
+            "flipped": flipped_set[indices],
             "config": cfg, "images": len(indices), "skipped": int((~loaded).sum())}
 
 
@@ -144,7 +146,8 @@ def report(args):
                               "clean": fraction_unpulled(theta_y[~flipped], params["a"]),
                               "flipped": fraction_unpulled(theta_y[flipped], params["a"]) if flipped.any() else None}
     groups = {"clean": theta_y[~flipped], "label-flipped": theta_y[flipped]} if flipped.any() else {"": theta_y}
-    title = f"{cfg.get('net')} + {cfg.get('head')}, {found['images']} training images, {os.path.basename(args.checkpoint)}"
+    title = (f"{cfg.get('net')} + {cfg.get('head')}, {found['images']} training images, "
+             f"{os.path.basename(args.checkpoint)}")
     save_angle_plot(args.out + ".png", groups, theta_j, curves, read_history(args.metrics), title)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)

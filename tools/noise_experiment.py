@@ -65,7 +65,8 @@ def main():
                 command += ["--resume", folder]
             run(command)
             run([sys.executable, os.path.join(ROOT, "eval_SFace_jittor.py"), "--checkpoint",
-                 os.path.join(folder, "last.npz"), "--target", "lfw_demo", "--eval_root", os.path.join(ROOT, "data", "demo"),
+                 os.path.join(folder, "last.npz"), "--target", "lfw_demo",
+                 "--eval_root", os.path.join(ROOT, "data", "demo"),
                  "--outdir", os.path.join(folder, "eval")])
     unpulled = {}
     for noise in levels:

@@ -106,7 +106,8 @@ def describe_record(record):
     figures = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
     if "angles" in record:
         angles = record["angles"]
-        figures += f"  theta_y median {angles['theta_target']['p50']:.3f}  theta_j median {angles['theta_other']['p50']:.3f}"
+        figures += (f"  theta_y median {angles['theta_target']['p50']:.3f}"
+                    f"  theta_j median {angles['theta_other']['p50']:.3f}")
         if "unpulled" in angles:
             figures += f"  unpulled {angles['unpulled']:.3f}"
     return f"{figures}  {record['img_per_s']:.1f} img/s"
