@@ -72,12 +72,6 @@ def suggest_ab(theta_target, theta_other, k=80.0):
     return round(a, 2), round(b, 2)
 
 
-def target_and_sampled_other(cos, labels, rng):
-    """From N x C cosines: each row's target cosine and one cosine to a uniformly drawn other class."""
-    rows = np.arange(len(labels))
-    return cos[rows, labels], cos[rows, other_classes(labels, cos.shape[1], rng)]
-
-
 def other_classes(labels, num_classes, rng):
     """One class per label drawn uniformly from the other num_classes - 1 (never the label itself)."""
     labels = np.asarray(labels, np.int64)
