@@ -7,8 +7,9 @@ and, for each noisy SFace run, the share of flipped and of clean images it no lo
 
     python3 tools/noise_experiment.py --outdir results/noise_experiment --max_steps 36
 
-Runs one after the other; a run whose folder already holds a finished run is not trained again
-(so an interrupted experiment continues where it stopped). Not a test: a measurement.
+Runs one after the other; a run already scored is not trained again, an interrupted one is resumed,
+and an angle report already written is kept (so an interrupted experiment continues where it
+stopped). Not a test: a measurement.
 """
 import argparse
 import json
@@ -75,8 +76,9 @@ def main():
         folder = run_dir(args.outdir, "SFaceLoss", noise)
         if "SFaceLoss" not in heads or args.no_report:
             break
-        run([sys.executable, os.path.join(ROOT, "tools", "angle_report.py"), "--checkpoint",
-             os.path.join(folder, "last.npz"), "--max_images", str(args.max_images)])
+        if not os.path.isfile(os.path.join(folder, "angle_report.json")):  # made before: kept
+            run([sys.executable, os.path.join(ROOT, "tools", "angle_report.py"), "--checkpoint",
+                 os.path.join(folder, "last.npz"), "--max_images", str(args.max_images)])
         with open(os.path.join(folder, "angle_report.json")) as f:
             unpulled[noise] = json.load(f)["unpulled"]
     print(f"\n| head | {' | '.join(f'{100 * n:g} % noise' for n in levels)} |")
