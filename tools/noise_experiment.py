@@ -87,7 +87,7 @@ def main():
         cells = []
         for noise in levels:
             r = final_eval(run_dir(args.outdir, head, noise))
-            cells.append(f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}")
+            cells.append(f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}" if r else "not run")
         print(f"| {head} | {' | '.join(cells)} |")
     if unpulled:
         print("\nSFace, last checkpoint, every training image: share no longer pulled (theta_y < a)")
