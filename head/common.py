@@ -9,8 +9,9 @@ from jittor import nn
 # logits: B x C; loss: the scalar minimised; correct: how many samples have their own class's
 # logit on top (train accuracy); cos_target / cos_other: mean cosine to the own / other class
 # centres (health figures); parts: named components of the loss worth logging (e.g. SFace's
-# intra and inter terms).
-HeadOutput = namedtuple("HeadOutput", "logits loss correct cos_target cos_other parts")
+# intra and inter terms); cos: the B x C cosines themselves (this rank's block of classes for a sharded
+# head), which the training step reads after the update for its angle diagnostics (train/steps.py).
+HeadOutput = namedtuple("HeadOutput", "logits loss correct cos_target cos_other parts cos")
 CENTRE_BLOCK = 4096  # classes drawn per random generator in `centre_rows`
 
 

@@ -66,7 +66,7 @@ def angular_multiplicative_logits(cos, mask, norms, m, lam):
 def classification_output(logits, cos, mask):
     cos_target, cos_other = mean_cosines(cos, mask)
     return HeadOutput(logits=logits, loss=softmax_cross_entropy(logits, mask), correct=count_correct(logits, mask),
-                      cos_target=cos_target, cos_other=cos_other, parts={})
+                      cos_target=cos_target, cos_other=cos_other, parts={}, cos=cos)
 
 
 class SoftmaxHead(ClassCentres):

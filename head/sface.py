@@ -47,7 +47,8 @@ def sface_loss(embeddings, centres, labels, s=64.0, k=80.0, a=0.87, b=1.2):
     cos_target, cos_other = mean_cosines(cos, mask)
     logits = s * cos
     return HeadOutput(logits=logits, loss=(intra + inter) / batch, correct=count_correct(logits, mask),
-                      cos_target=cos_target, cos_other=cos_other, parts={"intra": intra / batch, "inter": inter / batch})
+                      cos_target=cos_target, cos_other=cos_other, parts={"intra": intra / batch, "inter": inter / batch},
+                      cos=cos)
 
 
 class SFaceHead(ClassCentres):
@@ -103,7 +104,7 @@ class ShardedSFaceHead(ClassCentres):
                           correct=self._own_correct(cos, mask, others, counts),
                           cos_target=(mask * cos).sum() / batch,
                           cos_other=(others * cos).sum() / (batch * max(self.num_classes - 1, 1)),
-                          parts={"intra": intra / batch, "inter": inter / batch})
+                          parts={"intra": intra / batch, "inter": inter / batch}, cos=cos)
 
     def _own_correct(self, cos, mask, others, counts):
         """How many of this rank's own samples have their target cosine above every other class's, on any rank."""

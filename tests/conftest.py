@@ -75,3 +75,13 @@ def small_pairs_folder(root, per_fold=1):
             os.makedirs(os.path.join(root, "images", name), exist_ok=True)
             shutil.copyfile(os.path.join(source, rel), os.path.join(root, rel))
     return root
+
+
+def assert_same_angles(a, b):
+    """Two records' angle fields: the same counts and unpulled share, percentiles within float32 rounding."""
+    assert a.keys() == b.keys()
+    for key in ("theta_target", "theta_other"):
+        assert a[key]["count"] == b[key]["count"] and sum(a[key]["histogram"]) == a[key]["count"]
+        for p in ("p5", "p25", "p50", "p75", "p95"):
+            assert b[key][p] == pytest.approx(a[key][p], rel=1e-4), (key, p)
+    assert a.get("unpulled") == b.get("unpulled")

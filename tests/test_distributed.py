@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_same_angles
 from data.loader import epoch_order
 from train.checkpoint import load_checkpoint
 from util.distributed import rank_share
@@ -51,6 +51,7 @@ def assert_same_run(reference, other, steps):
         for key in ("loss", "intra", "inter", "cos_target", "cos_other"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
         assert rb["train_acc"] == ra["train_acc"]
+        assert_same_angles(ra["angles"], rb["angles"])  # gathered over the ranks (or the head's blocks)
     x, y = load_checkpoint(os.path.join(reference, "last.npz")), load_checkpoint(os.path.join(other, "last.npz"))
     assert x["meta"]["progress"] == y["meta"]["progress"]
     for part in ("backbone", "head", "optimizer"):

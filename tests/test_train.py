@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, copy_demo_faces, small_pairs_folder
+from conftest import DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder
 from data.image_list import DataError
 from train.checkpoint import OutputError, load_checkpoint
 from train.config import SCF, SFACE, RunFinished, configure
@@ -159,6 +159,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_face_se
     for ra, rb in zip(logged_a, logged_b):
         for key in ("loss", "intra", "inter", "cos_target", "cos_other", "train_acc", "lr"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+        assert_same_angles(ra["angles"], rb["angles"])
 
 
 def test_embedded_demo_is_consistent_and_held_out():
@@ -280,7 +281,8 @@ def test_a_finished_run_resumed_changes_nothing_until_given_a_larger_limit(finis
 @pytest.mark.parametrize("given,refused", [(["--net", "IR_18"], "--net IR_18 (the run's: MobileFaceNet)"),
                                            (["--lr", "0.1"], "--lr 0.1 (the run's: 0.05)"),
                                            (["--head", "ArcFace"], "--head ArcFace (the run's: SFaceLoss)"),
-                                           (["--local_bn"], "--local_bn True (the run's: False)")])
+                                           (["--local_bn"], "--local_bn True (the run's: False)"),
+                                           (["--label_noise", "0.2"], "--label_noise 0.2 (the run's: 0.0)")])
 def test_a_resumed_run_refuses_an_option_it_cannot_honour(finished_run, given, refused, capsys):
     with pytest.raises(SystemExit) as stopped:
         configure(SFACE, ["--resume", str(finished_run[1]), *given, "--epochs", "2"])

@@ -11,6 +11,8 @@ import time
 
 from tqdm import tqdm
 
+from evaluation.angles import angle_summary
+
 LOGGER_NAME = "sface"
 
 
@@ -66,25 +68,33 @@ def _complete_record_upto(line, step):
 
 class TrainWindow:
     """Per-step figures summed over a logging window; the sums travel in checkpoints so a
-    resumed run logs exactly what an uninterrupted one would have."""
+    resumed run logs exactly what an uninterrupted one would have.
+
+    The per-sample angles of the steps (lists) are concatenated instead, and logged as the window's
+    `angles` (evaluation/angles.py): with `a` (SFace's), also the fraction of samples no longer pulled.
+    """
 
     COUNTS = ("correct", "samples", "steps")  # summed as counts; everything else is averaged per step
+    ANGLES = ("theta_target", "theta_other")  # lists of the window's angles
 
-    def __init__(self, sums=None):
+    def __init__(self, sums=None, a=None):
         self.sums = dict(sums or {})
+        self.a = a
         self.start = time.time()
 
     def add(self, stats):
         for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0) + v
+            self.sums[k] = self.sums.get(k, [] if k in self.ANGLES else 0) + v
 
     def record(self, progress, lr):
         """Means of the figures, accuracy (when counted) and throughput; then starts a new window."""
         s = self.sums
         record = {"kind": "train", "step": progress["step"], "epoch": progress["epoch"] + 1, "lr": lr}
-        record.update({k: v / s["steps"] for k, v in s.items() if k not in self.COUNTS})
+        record.update({k: v / s["steps"] for k, v in s.items() if k not in self.COUNTS + self.ANGLES})
         if "correct" in s:
             record["train_acc"] = s["correct"] / s["samples"]
+        if "theta_target" in s:
+            record["angles"] = angle_summary(s["theta_target"], s["theta_other"], self.a)
         record["img_per_s"] = s["samples"] / max(time.time() - self.start, 1e-9)
         self.sums, self.start = {}, time.time()
         return record
@@ -92,6 +102,12 @@ class TrainWindow:
 
 def describe_record(record):
     """One log line's worth of a training record."""
-    skip = ("kind", "step", "epoch", "lr", "img_per_s", "skipped_images")
+    skip = ("kind", "step", "epoch", "lr", "img_per_s", "skipped_images", "angles")
     figures = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
+    if "angles" in record:
+        angles = record["angles"]
+        figures += (f"  theta_y median {angles['theta_target']['p50']:.3f}"
+                    f"  theta_j median {angles['theta_other']['p50']:.3f}")
+        if "unpulled" in angles:
+            figures += f"  unpulled {angles['unpulled']:.3f}"
     return f"{figures}  {record['img_per_s']:.1f} img/s"

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
 from data.loader import BatchLoader
 from data.training_sets import check_resumed_data, data_identity, open_training_set
 from util import distributed
@@ -39,18 +40,28 @@ class Run:
         self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
         meta = checkpoint["meta"] if checkpoint else {}
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
-        self.window = TrainWindow(meta.get("window"))
+        self.window = TrainWindow(meta.get("window"), a=cfg.get("head_params", {}).get("a"))  # only SFace has an a
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
         if checkpoint is not None:
             old_root = checkpoint["meta"]["config"]["data_root"]
             check_resumed_data(self.dataset, cfg.get("data"), old_root, moved(old_root, cfg["data_root"]))
         cfg["data"] = data_identity(self.dataset)  # what a resumed run checks its data against
+        if cfg.get("label_noise"):  # after the identity: that is the clean data's
+            self.add_label_noise()
         self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
                       self.dataset.source, len(self.dataset), self.dataset.num_classes,
                       len(np.unique(self.dataset.labels[self.dataset.labels >= 0])), len(self.loader),
                       cfg["batch_size"])
+
+    def add_label_noise(self):
+        flipped, original = apply_label_noise(self.dataset, self.cfg["label_noise"], self.cfg["seed"])
+        path = os.path.join(self.cfg["outdir"], NOISE_FILE)
+        if distributed.is_main():
+            write_noise_list(path, self.dataset, flipped, original)
+        self.log.info("label noise %g: %d of %d images trained with another class's label (drawn from seed %d), "
+                      "listed in %s", self.cfg["label_noise"], len(flipped), len(self.dataset), self.cfg["seed"], path)
 
     def begin(self, model, describe):
         """Restore a resumed run's model, or write a new run's config; then make the ranks' replicas equal."""

@@ -7,6 +7,7 @@ import jittor as jt
 import numpy as np
 
 from data.degradations import quality_augment
+from evaluation.angles import angles, other_classes
 from head.common import cosine, target_mask
 from head.scf import scf_loss
 from util import distributed
@@ -32,9 +33,40 @@ def stop_if_not_finite(stats, step):
                              "state: resume from it with a lower --lr")
 
 
+# The stream of the non-target classes drawn for the angle diagnostics, apart from every other draw.
+ANGLE_DRAW = 7
+
+
+def step_angles(head, cos, labels, seed, step):
+    """The global batch's target angles and, per sample, the angle to one other class drawn uniformly from
+    (seed, step): two lists of floats, alike on every rank.
+
+    Read from the step's B x C cosines after the update, by a gather of 2 B entries that runs on its own,
+    so the step's graph (and its numbers) is what it would be without it. A sharded head holds the
+    global batch against its block of classes: each rank contributes the entries in its block.
+    """
+    counts = distributed.gather_counts(len(labels))
+    all_labels = distributed.all_gather_rows(np.asarray(labels, np.int64), counts)
+    num_classes = head.num_classes if head.sharded else cos.shape[1]
+    columns = (all_labels, other_classes(all_labels, num_classes, np.random.default_rng([seed, step, ANGLE_DRAW])))
+    if head.sharded:
+        rows = jt.array(np.arange(len(all_labels)))
+        picked = []
+        for cols in columns:
+            inside = (cols >= head.start) & (cols < head.stop)
+            block = cos[rows, jt.array(np.where(inside, cols - head.start, 0))].numpy()
+            picked.append(distributed.sum_arrays(np.where(inside, block, 0.0).astype(np.float64)))
+    else:
+        start = sum(counts[:distributed.rank()])
+        own = slice(start, start + len(labels))
+        rows = jt.array(np.arange(len(labels)))
+        picked = [distributed.all_gather_rows(cos[rows, jt.array(cols[own])].numpy(), counts) for cols in columns]
+    return {"theta_target": angles(picked[0]).tolist(), "theta_other": angles(picked[1]).tolist()}
+
+
 def sface_step(model, seed, images, labels, step, amp=False):
     """Backbone and loss head (any head of head/) learn together (SGD); with `amp` the backbone runs in
-    float16 and the head in float32 (train/amp.py)."""
+    float16 and the head in float32 (train/amp.py). The figures include the step's angles (`step_angles`)."""
     rank = distributed.rank()
     jt.set_seed((seed * 1_000_003 + step) * 1_009 + rank)  # dropout masks from (seed, step, rank): resumable
     with float16_scope(amp):
@@ -46,6 +78,7 @@ def sface_step(model, seed, images, labels, step, amp=False):
     model.optimizer.step(out.loss * share)
     figures = {"loss": out.loss, "cos_target": out.cos_target, "cos_other": out.cos_other, **out.parts}
     stats = step_figures(figures, share, {"correct": out.correct.item(), "samples": len(labels)})
+    stats.update(step_angles(model.head, out.cos, labels, seed, step))
     if amp:
         stats["loss_scale"] = model.optimizer.loss_scale.scale
     else:
