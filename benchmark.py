@@ -40,7 +40,7 @@ import numpy as np
 from jittor import nn
 
 from backbone import build_backbone_from_config
-from backbone.common import Conv2d, count_parameters
+from backbone.common import count_parameters
 from data.convert import rec_to_images
 from data.image_list import ImageListDataset, parse_size, read_image_list
 from data.loader import BatchLoader
@@ -125,13 +125,6 @@ def reference_seconds(args):
     return timed(step, args.warmup, args.steps)
 
 
-def stock_conv_seconds(args):
-    """The training script's step with Jittor's own kernels for the grouped convolutions that
-    backbone.common.Conv2d gives oneDNN on the CPU (this process only)."""
-    Conv2d.execute = nn.Conv2d.execute
-    return train_seconds(args)
-
-
 def backbone_seconds(args):
     """A step of the backbone alone on a plain loss."""
     model, (images, _) = training_model(args)
@@ -179,8 +172,7 @@ def rec_seconds(args):
 
 
 # What one process measures (--measure): seconds per batch of args.batch_size images.
-MEASURES = {"train": train_seconds, "reference": reference_seconds, "stock_conv": stock_conv_seconds,
-            "backbone": backbone_seconds,
+MEASURES = {"train": train_seconds, "reference": reference_seconds, "backbone": backbone_seconds,
             "embed": embed_seconds, "loader": loader_seconds, "rec": rec_seconds}
 RESULT = "benchmark result: "
 
@@ -294,9 +286,6 @@ def main():
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
     p.add_argument("--compare_reference", action="store_true",
                    help="also measure a plain jt.optim.SGD step on the same model and batch; print the ratios")
-    p.add_argument("--compare_stock_conv", action="store_true",
-                   help="also measure the step with Jittor's own kernels for grouped convolutions (CPU); print the "
-                        "ratios")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the measuring processes; each "
                                                          "figure is the median over them (default: 1)")
     p.add_argument("--measure", choices=sorted(MEASURES), help=argparse.SUPPRESS)  # one figure, in this process
@@ -320,12 +309,10 @@ def main():
 def report(args, device):
     labels = {"train": f"train step, SFace head ({args.num_classes} classes)",
               "reference": "reference: jt.optim.SGD step, same model",
-              "stock_conv": "train step, Jittor's own grouped convs",
               "backbone": "train step, backbone only", "embed": "embedding (eval, no grad)",
               "loader": f"image-list loader, {args.num_workers} threads",
               "rec": f".rec -> JPEG conversion, {args.processes} processes"}
-    what = ["train", *(["reference"] if args.compare_reference else []),
-            *(["stock_conv"] if args.compare_stock_conv else []), "backbone", "embed",
+    what = ["train", *(["reference"] if args.compare_reference else []), "backbone", "embed",
             *(["loader"] if args.data_root else []), *(["rec"] if args.rec else [])]
     results = measured(what, args.rounds)
     seconds = {w: statistics.median(s for s, _ in r) for w, r in results.items()}
@@ -338,13 +325,11 @@ def report(args, device):
     for w in what:
         print(f"  {labels[w]:<44} {b / seconds[w]:9.1f} img/s  ({seconds[w] * 1e3:7.0f} ms per batch)  "
               f"peak {peak[w] / 2 ** 20:7.0f} MB")
-    for other, flag in (("reference", args.compare_reference), ("stock_conv", args.compare_stock_conv)):
-        if flag:
-            per_round = [(t / ot, m / om) for (t, m), (ot, om) in zip(results["train"], results[other])]
-            label = "train step / " + labels[other].split(":")[0]
-            print(f"  {label:<44} time {seconds['train'] / seconds[other]:.2f}x, "
-                  f"peak memory {peak['train'] / peak[other]:.2f}x  (per round: "
-                  + ", ".join(f"{t:.2f}x / {m:.2f}x" for t, m in per_round) + ")")
+    if args.compare_reference:
+        per_round = [(t / rt, m / rm) for (t, m), (rt, rm) in zip(results["train"], results["reference"])]
+        print(f"  {'train step / reference step':<44} time {seconds['train'] / seconds['reference']:.2f}x, "
+              f"peak memory {peak['train'] / peak['reference']:.2f}x  (per round: "
+              + ", ".join(f"{t:.2f}x / {m:.2f}x" for t, m in per_round) + ")")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import math
 
 import jittor as jt
-from jittor import compile_extern, nn
+from jittor import nn
 
 # Pixels arrive as RGB floats in 0..255 and are normalised inside the network, so a
 # checkpoint carries its own input convention. InsightFace's (x - 127.5) / 128 is the
@@ -27,38 +27,6 @@ class InputNorm(nn.Module):
 
     def execute(self, x):
         return (x - self.mean) * self.scale
-
-
-class GroupedConvolution(jt.Function):
-    """A grouped (or depthwise) convolution, NCHW, on oneDNN: forward and both gradients."""
-
-    def __init__(self, stride, padding, dilation, groups):
-        self.options = (*stride, *padding, *dilation, groups)
-
-    def execute(self, x, weight):
-        self.x, self.weight = x, weight
-        return compile_extern.mkl_ops.mkl_conv(x, weight, *self.options)
-
-    def grad(self, dy):
-        height, width = self.x.shape[2:]
-        kernel_h, kernel_w = self.weight.shape[2:]
-        return (compile_extern.mkl_ops.mkl_conv_backward_x(self.weight, dy, height, width, *self.options),
-                compile_extern.mkl_ops.mkl_conv_backward_w(self.x, dy, kernel_h, kernel_w, *self.options))
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d whose grouped and depthwise forms run on oneDNN on the CPU.
-
-    Jittor gives oneDNN only its groups == 1 convolutions; grouped ones run on its generated
-    kernels, several times slower (README: Benchmark). On a GPU, without oneDNN, or for other
-    dtypes than float32 (--amp), Jittor's own convolution runs."""
-
-    def execute(self, x):
-        if (self.groups == 1 or jt.flags.use_cuda or compile_extern.mkl_ops is None or x.dtype != "float32"
-                or self.weight.dtype != "float32"):
-            return super().execute(x)
-        y = GroupedConvolution(self.stride, self.padding, self.dilation, self.groups)(x, self.weight)
-        return y if self.bias is None else y + self.bias.broadcast(y.shape, [0, 2, 3])
 
 
 class Flatten(nn.Module):

@@ -6,8 +6,7 @@ fc1 (2e-5); activations are per-channel PReLU; there is no dropout.
 """
 from jittor import nn
 
-from .common import (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Conv2d, Flatten, InputNorm, checked_input_size,
-                     reference_init)
+from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 
 BN_EPS = 1e-3
 EMBEDDING_BN_EPS = 2e-5
@@ -17,7 +16,7 @@ class ConvBlock(nn.Module):
     """conv (no bias) -> BN -> PReLU"""
 
     def __init__(self, in_c, out_c, kernel=1, stride=1, padding=0, groups=1):
-        self.conv2d = Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
+        self.conv2d = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
         self.batchnorm = nn.BatchNorm2d(out_c, eps=BN_EPS)
         self.relu = nn.PReLU(out_c)
 
@@ -29,7 +28,7 @@ class LinearBlock(nn.Module):
     """conv (no bias) -> BN, no activation"""
 
     def __init__(self, in_c, out_c, kernel=1, stride=1, padding=0, groups=1):
-        self.conv2d = Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
+        self.conv2d = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
         self.batchnorm = nn.BatchNorm2d(out_c, eps=BN_EPS)
 
     def execute(self, x):

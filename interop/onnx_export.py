@@ -20,7 +20,7 @@ from jittor import nn
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from backbone.common import Conv2d, Flatten, InputNorm
+from backbone.common import Flatten, InputNorm
 from backbone.ir import Subsample
 
 DEFAULT_OPSET = 13  # read by OpenCV 4.x and onnxruntime alike (checked: OpenCV 4.11, onnxruntime 1.20)
@@ -153,7 +153,6 @@ def elementwise(op):
 
 LAYERS = {
     nn.Conv2d: conv,
-    Conv2d: conv,  # the backbones' (oneDNN for grouped ones on the CPU)
     nn.BatchNorm: batch_norm,
     nn.PReLU: prelu,
     nn.Linear: linear,
