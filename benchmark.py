@@ -1,27 +1,36 @@
 #!/usr/bin/env python3
-"""Throughput figures (not a test): training and embedding img/s for a net and batch, on CPU or GPU.
+"""Throughput and peak-memory figures (not a test): training and embedding for a net and batch, on CPU or GPU.
 
     python3 benchmark.py --net IR_50 --batch_size 256 --workers_id 0
     python3 benchmark.py --net MobileFaceNet --batch_size 32 --workers_id cpu --data_root data/demo
+    python3 benchmark.py --net MobileFaceNet --batch_size 64 --workers_id cpu --compare_reference --rounds 3
     mpirun -np 2 python3 benchmark.py --net IR_50 --num_classes 85742 --batch_size 8 --shard_head
 
 Each figure is the median over timed steps after untimed warm-up steps (Jittor compiles
-kernels on first use). Figures measured in the same run are shown side by side so they
-can be compared despite machine noise: a training step with the SFace head against the
-backbone alone, and the data loader's decode rate against the training rate.
+kernels on first use), measured in a process of its own, so that the process's peak
+memory is that figure's: peak RSS on CPU, the device memory Jittor's allocator holds on a
+GPU. The processes of one run are interleaved over `--rounds` rounds and each figure is
+the median over the rounds, so figures of one run can be compared despite machine noise:
+a training step with the SFace head against the backbone alone, the data loader's decode
+rate against the training rate, and (`--compare_reference`) the training script's step
+against a plain step of Jittor's own jt.optim.SGD on the same model and batch, as ratios.
 
 Under mpirun it times the training script's own step (global batch split over the ranks)
 and splits it into communication and compute: every all-reduce the step issues is
 recorded with its size, then the same collectives are replayed alone and timed; compute
-is the rest. It also prints the bytes each rank sends into collectives per step and the
-head's memory per rank, from which larger set-ups can be estimated (README: Scaling).
+is the rest. It also prints the bytes each rank sends into collectives per step, the
+head's memory per rank, and the largest rank's peak memory, from which larger set-ups
+can be estimated (README: Scaling).
 """
 import util.runtime  # noqa: F401  (must precede jittor)
 
 import argparse
 import collections
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +39,13 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from backbone import build_backbone_from_config
 from backbone.common import count_parameters
 from data.convert import rec_to_images
 from data.image_list import ImageListDataset, parse_size, read_image_list
 from data.loader import BatchLoader
 from train.model import build_model
-from train.optim import SGD
+from train.optim import SGD, batchnorm_parameter_names, named_parameters
 from train.steps import sface_step
 from util import distributed
 
@@ -65,26 +75,72 @@ def random_batch(args, size, seed):
             rng.integers(0, args.num_classes, size))
 
 
-def train_seconds(args):
-    """(the training script's step, a step of the backbone alone on a plain loss); -> seconds, the model."""
+def peak_memory_bytes(children=False):
+    """This process's peak memory: the device memory Jittor's allocator holds (its cache, which only
+    grows, included) on a GPU, else its peak resident set size; with `children`, that of its largest
+    child process too (not for Jittor steps: their children are compilers)."""
+    if jt.flags.use_cuda:
+        return jt.get_mem_info().total_cuda_used
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,)
+    return 1024 * max(resource.getrusage(w).ru_maxrss for w in who)
+
+
+def memory_kind():
+    return "device memory" if jt.flags.use_cuda else "RSS"
+
+
+def training_model(args):
     model = build_model(model_config(args), args.num_classes)
-    images, labels = random_batch(args, args.batch_size, 0)
     model.backbone.train()
+    return model, random_batch(args, args.batch_size, 0)
+
+
+def train_seconds(args):
+    """The training script's step."""
+    model, (images, labels) = training_model(args)
 
     def step():
         sface_step(model, 0, images, labels, 0)
         jt.sync_all(True)
-    alone = SGD({"backbone": model.backbone}, 0.01, 0.9, 5e-4)
-    batch = jt.array(images)
+    return timed(step, args.warmup, args.steps)
 
-    def backbone_step():
-        embeddings = model.backbone(batch)
-        alone.step((embeddings * embeddings).mean())
+
+def reference_seconds(args):
+    """A plain step of Jittor's own SGD on the same model, batch and hyper-parameters (BatchNorm weights
+    without weight decay, as in training), reading the loss as a training loop would."""
+    model, (images, labels) = training_model(args)
+    cfg = model_config(args)
+    modules = {"backbone": model.backbone, "head": model.head}
+    no_decay = batchnorm_parameter_names(modules)
+    params = named_parameters(modules)
+    optimizer = jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
+                              {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
+                             cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+
+    def step():
+        out = model.head(model.backbone(jt.array(images)), jt.array(labels), 0)
+        optimizer.step(out.loss)
+        out.loss.item()
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps), timed(backbone_step, args.warmup, args.steps), model.backbone
+    return timed(step, args.warmup, args.steps)
 
 
-def embed_seconds(args, backbone):
+def backbone_seconds(args):
+    """A step of the backbone alone on a plain loss."""
+    model, (images, _) = training_model(args)
+    alone = SGD({"backbone": model.backbone}, 0.01, 0.9, 5e-4)
+    # A held Var with a gradient path through the backbone keeps its activations allocated (see
+    # train.steps.embed): the batch is a constant, the output a temporary.
+    batch = jt.array(images).stop_grad()
+
+    def step():
+        alone.step(model.backbone(batch).sqr().mean())
+        jt.sync_all(True)
+    return timed(step, args.warmup, args.steps)
+
+
+def embed_seconds(args):
+    backbone = build_model(model_config(args), args.num_classes).backbone
     backbone.eval()
     images = jt.array(np.random.default_rng(1).uniform(0, 255, (args.batch_size, 3, *args.input_hw))
                       .astype(np.float32))
@@ -96,7 +152,8 @@ def embed_seconds(args, backbone):
     return timed(step, args.warmup, args.steps)
 
 
-def loader_images_per_second(args):
+def loader_seconds(args):
+    """Seconds per batch of the image-list loader (its threads decoding)."""
     dataset = ImageListDataset(read_image_list(args.data_root), args.input_hw)
     loader = BatchLoader(dataset, args.batch_size, seed=0, num_workers=args.num_workers)
     batches = min(len(loader), args.steps + args.warmup)
@@ -105,14 +162,35 @@ def loader_images_per_second(args):
         count += len(images)
         if i + 1 == batches:
             break
-    return count / (time.perf_counter() - start)
+    return (time.perf_counter() - start) * args.batch_size / count
 
 
-def rec_conversion_images_per_second(args):
-    """train.rec -> JPEG files into a temporary folder, all records once."""
+def rec_seconds(args):
+    """Seconds per batch-sized share of converting train.rec to JPEG files (into a temporary folder)."""
     with tempfile.TemporaryDirectory() as out:
         report = rec_to_images(args.rec, out, args.processes)
-    return report.images / report.seconds
+    return report.seconds * args.batch_size / report.images
+
+
+# What one process measures (--measure): seconds per batch of args.batch_size images.
+MEASURES = {"train": train_seconds, "reference": reference_seconds, "backbone": backbone_seconds,
+            "embed": embed_seconds, "loader": loader_seconds, "rec": rec_seconds}
+RESULT = "benchmark result: "
+
+
+def measured(what, rounds):
+    """{what: [(seconds, peak bytes) per round]}, each figure in a new process of this script, interleaved."""
+    results = {w: [] for w in what}
+    command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    for _ in range(rounds):
+        for w in what:
+            out = subprocess.run(command + ["--measure", w], capture_output=True, text=True)
+            lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT)]
+            if out.returncode or not lines:
+                sys.exit(f"benchmark: measuring '{w}' failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            result = json.loads(lines[-1][len(RESULT):])
+            results[w].append((result["seconds"], result["peak_bytes"]))
+    return results
 
 
 def traffic_kind(issuer):
@@ -162,6 +240,7 @@ def distributed_report(args):
     issued = recorded_all_reduces(step)
     seconds = timed(step, args.warmup, args.steps)
     communication = replay_seconds(issued, args.warmup, args.steps)
+    peak = distributed.max_int(peak_memory_bytes())
     if rank:
         return
     per_kind = collections.defaultdict(lambda: [0, 0])
@@ -178,6 +257,7 @@ def distributed_report(args):
     print(f"  {'training step':<48}{seconds * 1e3:10.1f} ms  ({args.batch_size / seconds:.1f} img/s in all)")
     print(f"  {'communication (its all-reduces replayed alone)':<48}{communication * 1e3:10.1f} ms")
     print(f"  {'compute and the rest (step - communication)':<48}{(seconds - communication) * 1e3:10.1f} ms")
+    print(f"  {'peak ' + memory_kind() + ', largest rank':<48}{peak / 2 ** 20:10.0f} MB")
     print("  all-reduced per step by each rank (payload; a ring all-reduce sends about 2(N-1)/N of it):")
     for kind, (calls, size) in per_kind.items():
         print(f"    {kind:<52}{calls:5d} calls {size / 1e6:12.3f} MB")
@@ -205,6 +285,11 @@ def main():
                                                                            "CPU core)")
     p.add_argument("--shard_head", action="store_true", help="under mpirun: split the class centres over the ranks")
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
+    p.add_argument("--compare_reference", action="store_true",
+                   help="also measure a plain jt.optim.SGD step on the same model and batch; print the ratios")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the measuring processes; each "
+                                                         "figure is the median over them (default: 1)")
+    p.add_argument("--measure", choices=sorted(MEASURES), help=argparse.SUPPRESS)  # one figure, in this process
     args = p.parse_args()
     try:
         args.input_hw = parse_size(args.input_size)
@@ -215,22 +300,37 @@ def main():
         distributed_report(args)
         return
 
-    with_head, alone, backbone = train_seconds(args)
-    embed = embed_seconds(args, backbone)
+    if args.measure:
+        seconds = MEASURES[args.measure](args)
+        print(RESULT + json.dumps({"seconds": seconds, "peak_bytes": peak_memory_bytes(args.measure == "rec")}))
+        return
+    report(args, device)
+
+
+def report(args, device):
+    labels = {"train": f"train step, SFace head ({args.num_classes} classes)",
+              "reference": "reference: jt.optim.SGD step, same model",
+              "backbone": "train step, backbone only", "embed": "embedding (eval, no grad)",
+              "loader": f"image-list loader, {args.num_workers} threads",
+              "rec": f".rec -> JPEG conversion, {args.processes} processes"}
+    what = ["train", *(["reference"] if args.compare_reference else []), "backbone", "embed",
+            *(["loader"] if args.data_root else []), *(["rec"] if args.rec else [])]
+    results = measured(what, args.rounds)
+    seconds = {w: statistics.median(s for s, _ in r) for w, r in results.items()}
+    peak = {w: statistics.median(m for _, m in r) for w, r in results.items()}
     b = args.batch_size
+    backbone = build_backbone_from_config(model_config(args))
     print(f"{args.net} {args.input_size} {args.embedding_size}-d ({count_parameters(backbone):,} parameters), "
-          f"batch {b}, {device}, median of {args.steps} steps after {args.warmup} warm-up")
-    rows = [(f"train step, SFace head ({args.num_classes} classes)", b / with_head, with_head),
-            ("train step, backbone only", b / alone, alone),
-            ("embedding (eval, no grad)", b / embed, embed)]
-    for label, rate, seconds in rows:
-        print(f"  {label:<44} {rate:9.1f} img/s  ({seconds * 1e3:.0f} ms per batch)")
-    if args.data_root:
-        label = f"image-list loader, {args.num_workers} threads"
-        print(f"  {label:<44} {loader_images_per_second(args):9.1f} img/s")
-    if args.rec:
-        label = f".rec -> JPEG conversion, {args.processes} processes"
-        print(f"  {label:<44} {rec_conversion_images_per_second(args):9.1f} img/s")
+          f"batch {b}, {device}; each figure in its own process: median of {args.steps} steps after {args.warmup} "
+          f"warm-up, median over {args.rounds} interleaved round(s); peak {memory_kind()} of that process")
+    for w in what:
+        print(f"  {labels[w]:<44} {b / seconds[w]:9.1f} img/s  ({seconds[w] * 1e3:7.0f} ms per batch)  "
+              f"peak {peak[w] / 2 ** 20:7.0f} MB")
+    if args.compare_reference:
+        per_round = [(t / rt, m / rm) for (t, m), (rt, rm) in zip(results["train"], results["reference"])]
+        print(f"  {'train step / reference step':<44} time {seconds['train'] / seconds['reference']:.2f}x, "
+              f"peak memory {peak['train'] / peak['reference']:.2f}x  (per round: "
+              + ", ".join(f"{t:.2f}x / {m:.2f}x" for t, m in per_round) + ")")
 
 
 if __name__ == "__main__":
