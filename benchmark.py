@@ -45,7 +45,7 @@ from data.convert import rec_to_images
 from data.image_list import ImageListDataset, parse_size, read_image_list
 from data.loader import BatchLoader
 from train.model import build_model
-from train.optim import SGD, batchnorm_parameter_names, named_parameters
+from train.optim import SGD, reference_sgd
 from train.steps import sface_step
 from util import distributed
 
@@ -110,12 +110,8 @@ def reference_seconds(args):
     without weight decay, as in training), reading the loss as a training loop would."""
     model, (images, labels) = training_model(args)
     cfg = model_config(args)
-    modules = {"backbone": model.backbone, "head": model.head}
-    no_decay = batchnorm_parameter_names(modules)
-    params = named_parameters(modules)
-    optimizer = jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
-                              {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
-                             cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    optimizer = reference_sgd({"backbone": model.backbone, "head": model.head}, cfg["lr"], cfg["momentum"],
+                              cfg["weight_decay"])
 
     def step():
         out = model.head(model.backbone(jt.array(images)), jt.array(labels), 0)

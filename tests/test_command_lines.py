@@ -68,3 +68,17 @@ def test_an_output_folder_that_cannot_be_made_stops_training_and_evaluation_befo
             assert result.returncode == 1 and f"error: {outdir}: {message}" in result.stderr, \
                 (name, result.stderr[-2000:])
             assert "Traceback" not in result.stderr
+
+
+def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step():
+    result = subprocess.run([sys.executable, SCRIPTS["benchmark.py"], "--net", "MobileFaceNet", "--batch_size", "2",
+                             "--num_classes", "10", "--steps", "1", "--warmup", "0", "--workers_id", "cpu",
+                             "--compare_reference"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    for label in ("train step, SFace head (10 classes)", "reference: jt.optim.SGD step, same model"):
+        figures = lines[label].split()
+        assert float(figures[figures.index("img/s") - 1]) > 0 and float(figures[figures.index("MB") - 1]) > 0, label
+    ratios = lines["train step / reference step"].split()
+    assert float(ratios[ratios.index("time") + 1].rstrip("x,")) > 0
+    assert float(ratios[ratios.index("memory") + 1].rstrip("x")) > 0

@@ -21,7 +21,7 @@ def profiled_peak(kind):
 
     from train.config import SFACE, configure
     from train.model import build_model
-    from train.optim import batchnorm_parameter_names, named_parameters
+    from train.optim import reference_sgd
     from train.steps import sface_step
 
     cfg, _ = configure(SFACE, ["--net", "MobileFaceNet", "--workers_id", "cpu", "--target", "none",
@@ -33,12 +33,8 @@ def profiled_peak(kind):
     labels = rng.integers(0, CLASSES, BATCH)
 
     if kind == "plain":
-        modules = {"backbone": model.backbone, "head": model.head}
-        no_decay = batchnorm_parameter_names(modules)
-        params = named_parameters(modules)
-        plain = jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
-                              {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
-                             cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+        plain = reference_sgd({"backbone": model.backbone, "head": model.head}, cfg["lr"], cfg["momentum"],
+                              cfg["weight_decay"])
         model = model._replace(optimizer=None)  # only jt.optim.SGD's buffers exist
 
         def step():

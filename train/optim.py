@@ -47,6 +47,16 @@ def batchnorm_parameter_names(modules):
     return {name for name, p in named_parameters(modules).items() if id(p) in ids}
 
 
+def reference_sgd(modules, lr, momentum, weight_decay):
+    """Jittor's own jt.optim.SGD over the same parameters with the same decay rule (none on BatchNorm
+    weights): the plain step the benchmark and the memory test measure `SGD` against."""
+    no_decay = batchnorm_parameter_names(modules)
+    params = named_parameters(modules)
+    return jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
+                         {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
+                        lr, momentum, weight_decay)
+
+
 class Optimizer:
     BUFFERS = ()
 
