@@ -1,6 +1,7 @@
 """mpirun on CPU: exact data parallelism, the sharded SFace head, GPU assignment, failing ranks."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,17 +79,19 @@ def test_ranks_get_the_gpus_listed_in_workers_id():
 def test_cpu_processes_compile_kernels_one_at_a_time_unless_told_otherwise():
     """util.runtime turns Jittor's parallel kernel compiler off in CPU builds (it crashed there), in mpirun
     ranks and single processes alike; a CUDA build keeps Jittor's default; an exported value wins."""
-    probe = ["-c", "import util.runtime, jittor; print('threads', jittor.flags.use_parallel_op_compiler)"]
+    # One write per process, so that the ranks' lines cannot interleave in mpirun's output.
+    probe = ["-c", "import os, util.runtime, jittor; "
+                   "os.write(1, f'threads {jittor.flags.use_parallel_op_compiler}\\n'.encode())"]
     env = {k: v for k, v in MPI_ENV.items() if k not in ("use_parallel_op_compiler", "nvcc_path")}
 
     def compile_threads(command, **extra):
-        out = run(command, env=dict(env, **extra)).stdout
-        return [line.split()[1] for line in out.splitlines() if line.startswith("threads ")]
+        return re.findall(r"^threads (\S+)$", run(command, env=dict(env, **extra)).stdout, re.MULTILINE)
 
     assert compile_threads(mpirun(2, *probe)) == ["0", "0"]
     assert compile_threads([sys.executable, *probe]) == ["0"]
     assert compile_threads(mpirun(1, *probe), use_parallel_op_compiler="4") == ["4"]
-    cuda_build = ["-c", "import os, util.runtime; print('threads', os.environ.get('use_parallel_op_compiler'))"]
+    cuda_build = ["-c", "import os, util.runtime; "
+                        "os.write(1, f'threads {os.environ.get(\"use_parallel_op_compiler\")}\\n'.encode())"]
     assert compile_threads([sys.executable, *cuda_build], nvcc_path="/usr/local/cuda/bin/nvcc") == ["None"]
 
 
