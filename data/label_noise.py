@@ -12,6 +12,12 @@ NOISE_FILE = "label_noise.txt"
 NOISE_DRAW = 11  # the generator stream of the flips, apart from the data order's and the weights'
 
 
+def other_classes(labels, num_classes, rng):
+    """One class per label drawn uniformly from the other num_classes - 1 (never the label itself)."""
+    labels = np.asarray(labels, np.int64)
+    return (labels + 1 + rng.integers(0, num_classes - 1, len(labels))) % num_classes
+
+
 def flip_labels(labels, num_classes, fraction, seed):
     """-> (noisy labels, sorted indices of the flipped images). Unlabelled images (label < 0) are never chosen."""
     labels = np.asarray(labels, np.int64)
@@ -23,7 +29,7 @@ def flip_labels(labels, num_classes, fraction, seed):
     rng = np.random.default_rng([seed, NOISE_DRAW])
     flipped = np.sort(rng.permutation(candidates)[:count])
     noisy = labels.copy()
-    noisy[flipped] = (labels[flipped] + 1 + rng.integers(0, num_classes - 1, count)) % num_classes
+    noisy[flipped] = other_classes(labels[flipped], num_classes, rng)
     return noisy, flipped
 
 

@@ -70,9 +70,3 @@ def suggest_ab(theta_target, theta_other, k=80.0):
     a = float(np.percentile(theta_target, SUGGEST_A_PERCENTILE))
     b = float(np.percentile(theta_other, SUGGEST_B_PERCENTILE)) - SUGGEST_B_SLOPES / k
     return round(a, 2), round(b, 2)
-
-
-def other_classes(labels, num_classes, rng):
-    """One class per label drawn uniformly from the other num_classes - 1 (never the label itself)."""
-    labels = np.asarray(labels, np.int64)
-    return (labels + 1 + rng.integers(0, num_classes - 1, len(labels))) % num_classes

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evaluation.angles import (angle_summary, angles, fraction_unpulled, histogram, other_classes, percentiles,
-                               suggest_ab)
+from data.label_noise import other_classes
+from evaluation.angles import angle_summary, angles, fraction_unpulled, histogram, percentiles, suggest_ab
 from train.logger import TrainWindow, describe_record
 
 

@@ -32,6 +32,7 @@ from data.training_sets import open_training_set  # noqa: E402
 from evaluation.angle_plot import save_angle_plot  # noqa: E402
 from evaluation.angles import PERCENTILES, angles, fraction_unpulled, percentiles, suggest_ab  # noqa: E402
 from evaluation.embedding import embed_images, gather_rows  # noqa: E402
+from evaluation.protocol import l2_normalize  # noqa: E402
 from train.checkpoint import CheckpointError, OutputError, run_checkpoint  # noqa: E402
 from train.model import load_model  # noqa: E402
 from util import distributed  # noqa: E402
@@ -104,8 +105,7 @@ def training_angles(args):
     embeddings = gather_rows(local, share, len(indices))
     loaded = gather_rows(ok, share, len(indices)) > 0.5
     indices, embeddings = indices[loaded], embeddings[loaded]
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    cos = unit @ (centres / np.linalg.norm(centres, axis=1, keepdims=True)).T
+    cos = l2_normalize(embeddings) @ l2_normalize(centres).T
     labels = dataset.labels[indices]
     target = np.zeros(cos.shape, bool)
     target[np.arange(len(labels)), labels] = True

@@ -7,7 +7,8 @@ import jittor as jt
 import numpy as np
 
 from data.degradations import quality_augment
-from evaluation.angles import angles, other_classes
+from data.label_noise import other_classes
+from evaluation.angles import angles
 from head.common import cosine, target_mask
 from head.scf import scf_loss
 from util import distributed
