@@ -6,6 +6,7 @@ state_dicts map onto these modules key for key.
 from jittor import nn
 
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
+from .cpu_layers import BatchNorm, PReLU
 
 UNITS_PER_STAGE = {
     18: (2, 2, 2, 2),
@@ -49,13 +50,13 @@ class BottleneckIR(nn.Module):
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_channels, depth, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(depth))
+                BatchNorm(depth))
         layers = [
-            nn.BatchNorm2d(in_channels),
+            BatchNorm(in_channels),
             nn.Conv2d(in_channels, depth, 3, stride=1, padding=1, bias=False),
-            nn.PReLU(depth),
+            PReLU(depth),
             nn.Conv2d(depth, depth, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(depth),
+            BatchNorm(depth),
         ]
         if use_se:
             layers.append(SEModule(depth))
@@ -77,8 +78,8 @@ class IResNet(nn.Module):
         self.input_norm = InputNorm(input_mean, input_scale)
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.PReLU(64))
+            BatchNorm(64),
+            PReLU(64))
         units = []
         in_channels = 64
         for depth, num_units in zip(STAGE_CHANNELS, UNITS_PER_STAGE[num_layers]):
@@ -87,11 +88,11 @@ class IResNet(nn.Module):
                 in_channels = depth
         self.body = nn.Sequential(*units)
         self.output_layer = nn.Sequential(
-            nn.BatchNorm2d(512),
+            BatchNorm(512),
             nn.Dropout(dropout),
             Flatten(),
             nn.Linear(512 * (height // 16) * (width // 16), embedding_size),
-            nn.BatchNorm1d(embedding_size))
+            BatchNorm(embedding_size))
         reference_init(self)
 
     def features(self, x):

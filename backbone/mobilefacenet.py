@@ -7,6 +7,7 @@ fc1 (2e-5); activations are per-channel PReLU; there is no dropout.
 from jittor import nn
 
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
+from .cpu_layers import BatchNorm, PReLU
 
 BN_EPS = 1e-3
 EMBEDDING_BN_EPS = 2e-5
@@ -17,8 +18,8 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_c, out_c, kernel=1, stride=1, padding=0, groups=1):
         self.conv2d = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
-        self.batchnorm = nn.BatchNorm2d(out_c, eps=BN_EPS)
-        self.relu = nn.PReLU(out_c)
+        self.batchnorm = BatchNorm(out_c, eps=BN_EPS)
+        self.relu = PReLU(out_c)
 
     def execute(self, x):
         return self.relu(self.batchnorm(self.conv2d(x)))
@@ -29,7 +30,7 @@ class LinearBlock(nn.Module):
 
     def __init__(self, in_c, out_c, kernel=1, stride=1, padding=0, groups=1):
         self.conv2d = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
-        self.batchnorm = nn.BatchNorm2d(out_c, eps=BN_EPS)
+        self.batchnorm = BatchNorm(out_c, eps=BN_EPS)
 
     def execute(self, x):
         return self.batchnorm(self.conv2d(x))
@@ -80,7 +81,7 @@ class MobileFaceNet(nn.Module):
         self.conv_6dw7_7 = LinearBlock(512, 512, kernel=(height // 16, width // 16), groups=512)
         self.conv_6_flatten = Flatten()
         self.pre_fc1 = nn.Linear(512, embedding_size)
-        self.fc1 = nn.BatchNorm1d(embedding_size, eps=EMBEDDING_BN_EPS)
+        self.fc1 = BatchNorm(embedding_size, eps=EMBEDDING_BN_EPS)
         reference_init(self)
 
     def features(self, x):

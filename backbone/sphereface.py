@@ -12,6 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size
+from .cpu_layers import PReLU
 
 UNITS_PER_STAGE = {4: (0, 0, 0, 0), 20: (1, 2, 4, 1), 36: (2, 4, 8, 2), 64: (3, 8, 16, 3)}
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -25,9 +26,9 @@ def caffe_xavier(shape):
 class ResidualUnit(nn.Module):
     def __init__(self, channels):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.prelu1 = nn.PReLU(channels)
+        self.prelu1 = PReLU(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.prelu2 = nn.PReLU(channels)
+        self.prelu2 = PReLU(channels)
         for conv in (self.conv1, self.conv2):
             conv.weight.assign(jt.init.gauss(conv.weight.shape, "float32", 0.0, 0.01))
 
@@ -39,7 +40,7 @@ def stage(in_channels, channels, num_units):
     conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
     conv.weight.assign(caffe_xavier(conv.weight.shape))
     conv.bias.assign(jt.zeros(channels))
-    return nn.Sequential(conv, nn.PReLU(channels), *[ResidualUnit(channels) for _ in range(num_units)])
+    return nn.Sequential(conv, PReLU(channels), *[ResidualUnit(channels) for _ in range(num_units)])
 
 
 class SphereNet(nn.Module):

@@ -172,14 +172,20 @@ def leaf_layers(backbone):
     return [(name, m) for name, m in named if name not in parents]
 
 
+def onnx_form(layer):
+    """The LAYERS writer of a layer's class or of the nearest class it derives from (backbone.cpu_layers'
+    BatchNorm is an nn.BatchNorm), else None."""
+    return next((LAYERS[c] for c in type(layer).__mro__ if c in LAYERS), None)
+
+
 def trace(backbone, graph, x, source):
     """Run the backbone on the symbolic input with each known layer writing its nodes instead."""
     for name, layer in leaf_layers(backbone):
-        if type(layer) not in LAYERS and not isinstance(layer, ARITHMETIC_LAYERS):
+        if onnx_form(layer) is None and not isinstance(layer, ARITHMETIC_LAYERS):
             raise ExportError(f"{source}: layer '{name}' ({type(layer).__name__}) has no ONNX form in this exporter")
-    known = [m for m in backbone.modules() if type(m) in LAYERS]
+    known = [m for m in backbone.modules() if onnx_form(m) is not None]
     for layer in known:  # an instance attribute overrides the class's execute for this trace only
-        layer.execute = partial(LAYERS[type(layer)], graph, layer)
+        layer.execute = partial(onnx_form(layer), graph, layer)
     try:
         return backbone(x)
     except ExportError as e:

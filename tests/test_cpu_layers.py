@@ -1,0 +1,122 @@
+"""backbone.cpu_layers (BatchNorm and PReLU with CPU channel-sum kernels) against Jittor's own layers."""
+import jittor as jt
+import numpy as np
+import pytest
+from jittor import nn
+
+from backbone import build_backbone
+from backbone.common import is_running_stat
+from backbone.cpu_layers import BatchNorm, PReLU, channel_sums
+
+
+def randomise(module, rng):
+    """BatchNorm and PReLU parameters away from their initial 1 / 0 / 0.25 (a PReLU slope of 1 makes the
+    layer linear and the gradients of the BatchNorm shifts before it exactly zero)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm):
+            m.weight.assign(jt.array(rng.uniform(0.5, 1.5, m.num_features).astype(np.float32)))
+            m.bias.assign(jt.array(rng.normal(0, 0.5, m.num_features).astype(np.float32)))
+        elif isinstance(m, nn.PReLU):
+            m.weight.assign(jt.array(rng.uniform(-0.5, 1.0, m.num_parameters).astype(np.float32)))
+
+
+def outputs_and_gradients(module, x):
+    """y, running statistics, and d(y . projection)/d(x and every parameter), as float64 numpy."""
+    y = module(x)
+    projection = jt.array(np.random.default_rng(7).standard_normal(y.shape)).cast(y.dtype)
+    state = module.state_dict()
+    names = [k for k in state if not is_running_stat(k)]
+    grads = jt.grad((y * projection).sum(), [x] + [state[k] for k in names])
+    arrays = {"y": y, "d_input": grads[0], **dict(zip(names, grads[1:]))}
+    arrays.update({k: v for k, v in state.items() if is_running_stat(k)})
+    return {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
+
+
+def with_jittors_layers(monkeypatch):
+    monkeypatch.setattr(BatchNorm, "execute", nn.BatchNorm.execute)
+    monkeypatch.setattr(PReLU, "execute", nn.PReLU.execute)
+
+
+def in_float64(module, state, x):
+    """outputs_and_gradients with the module's parameters and x in float64 (where the layers are Jittor's)."""
+    modules = dict(module.named_modules())
+    with jt.flag_scope(auto_convert_64_to_32=0):
+        for key, value in state.items():
+            path, _, attr = key.rpartition(".")
+            setattr(modules[path], attr, jt.array(value.astype(np.float64)))
+        return outputs_and_gradients(module, jt.array(x.astype(np.float64)))
+
+
+def compare(module, x):
+    """Our float32 layers are at least as accurate as Jittor's float32 layers, measured against Jittor's
+    layers in float64: per array, error <= 2 x Jittor's error (+1e-5 of the array's largest value)."""
+    state = {k: v.numpy().copy() for k, v in module.state_dict().items()}
+    ours = outputs_and_gradients(module, jt.array(x))
+    module.load_state_dict(state)
+    with pytest.MonkeyPatch.context() as m:
+        with_jittors_layers(m)
+        jittors = outputs_and_gradients(module, jt.array(x))
+    exact = in_float64(module, state, x)
+    assert ours.keys() == exact.keys()
+    for k, reference in exact.items():
+        scale = np.abs(reference).max() + 1e-30
+        our_error, jittors_error = (np.abs(v[k] - reference).max() / scale for v in (ours, jittors))
+        assert our_error <= 2 * jittors_error + 1e-5, (k, our_error, jittors_error)
+    return ours, exact
+
+
+def test_channel_sums_match_numpy():
+    rng = np.random.default_rng(0)
+    x, y = (rng.standard_normal((2, 5, 7, 3, 4)).astype(np.float32) for _ in range(2))
+    total, product = channel_sums(jt.array(x), jt.array(y))
+    _, negative = channel_sums(jt.array(x), jt.array(y), "min(y, 0)")
+    axes = (0, 2, 3, 4)
+    np.testing.assert_allclose(total.numpy(), x.sum(axes, dtype=np.float64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(product.numpy(), (x * y).sum(axes, dtype=np.float64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(negative.numpy(), (x * np.minimum(y, 0)).sum(axes, dtype=np.float64), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 9, 7), (3, 8, 1, 1), (10, 12)])
+@pytest.mark.parametrize("eps, momentum", [(1e-5, 0.1), (1e-3, 0.3)])
+def test_batchnorm_in_training_matches_jittors(shape, eps, momentum):
+    rng = np.random.default_rng(1)
+    layer = BatchNorm(shape[1], eps=eps, momentum=momentum)
+    randomise(layer, rng)
+    layer.running_mean.assign(jt.array(rng.standard_normal(shape[1]).astype(np.float32)))
+    ours, exact = compare(layer, (rng.standard_normal(shape) * 3 + 2).astype(np.float32))
+    for k, reference in exact.items():
+        np.testing.assert_allclose(ours[k], reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max(), err_msg=k)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (7, 3)])
+def test_prelu_matches_jittors(shape):
+    rng = np.random.default_rng(2)
+    layer = PReLU(shape[1])
+    randomise(layer, rng)
+    ours, exact = compare(layer, rng.standard_normal(shape).astype(np.float32))
+    for k, reference in exact.items():
+        np.testing.assert_allclose(ours[k], reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max(), err_msg=k)
+
+
+def test_eval_mode_and_a_single_slope_are_jittors_layers_unchanged(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = jt.array(rng.standard_normal((4, 6, 5, 5)).astype(np.float32))
+    batchnorm, prelu = BatchNorm(6), PReLU(1)
+    randomise(batchnorm, rng)
+    batchnorm.eval()
+    ours = [batchnorm(x).numpy(), prelu(x).numpy()]
+    with_jittors_layers(monkeypatch)
+    np.testing.assert_array_equal(ours[0], batchnorm(x).numpy())
+    np.testing.assert_array_equal(ours[1], prelu(x).numpy())
+
+
+@pytest.mark.parametrize("name", ["MobileFaceNet", "IR_18", "SphereFace4"])  # 32x32 inputs keep float64 quick
+def test_whole_backbones_match_jittors_layers(name):
+    jt.set_seed(0)
+    backbone = build_backbone(name, (32, 32))
+    randomise(backbone, np.random.default_rng(4))
+    backbone.train()
+    if name == "IR_18":
+        backbone.output_layer[1].p = 0.0  # dropout masks are not part of the comparison
+    compare(backbone, np.random.default_rng(5).uniform(0, 255, (4, 3, 32, 32)).astype(np.float32))
