@@ -39,7 +39,7 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from backbone import build_backbone_from_config
+from backbone import build_backbone_from_config, cpu_layers
 from backbone.common import count_parameters
 from data.convert import rec_to_images
 from data.image_list import ImageListDataset, parse_size, read_image_list
@@ -95,17 +95,17 @@ def training_model(args):
     return model, random_batch(args, args.batch_size, 0)
 
 
-def train_seconds(args):
+def train_step(args):
     """The training script's step."""
     model, (images, labels) = training_model(args)
 
     def step():
         sface_step(model, 0, images, labels, 0)
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps)
+    return step
 
 
-def reference_seconds(args):
+def reference_step(args):
     """A plain step of Jittor's own SGD on the same model, batch and hyper-parameters (BatchNorm weights
     without weight decay, as in training), reading the loss as a training loop would."""
     model, (images, labels) = training_model(args)
@@ -118,10 +118,18 @@ def reference_seconds(args):
         optimizer.step(out.loss)
         out.loss.item()
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps)
+    return step
 
 
-def backbone_seconds(args):
+def jittors_layers_step(args):
+    """The training script's step with Jittor's own BatchNorm and PReLU in place of backbone.cpu_layers'
+    (in this process only): what their CPU kernels save."""
+    for layer in (cpu_layers.BatchNorm, cpu_layers.PReLU):
+        layer.uses_cpu_kernel = lambda self, x: False
+    return train_step(args)
+
+
+def backbone_step(args):
     """A step of the backbone alone on a plain loss."""
     model, (images, _) = training_model(args)
     alone = SGD({"backbone": model.backbone}, 0.01, 0.9, 5e-4)
@@ -132,10 +140,10 @@ def backbone_seconds(args):
     def step():
         alone.step(model.backbone(batch).sqr().mean())
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps)
+    return step
 
 
-def embed_seconds(args):
+def embed_step(args):
     backbone = build_model(model_config(args), args.num_classes).backbone
     backbone.eval()
     images = jt.array(np.random.default_rng(1).uniform(0, 255, (args.batch_size, 3, *args.input_hw))
@@ -145,7 +153,7 @@ def embed_seconds(args):
         with jt.no_grad():
             backbone(images).sync()
         jt.sync_all(True)
-    return timed(step, args.warmup, args.steps)
+    return step
 
 
 def loader_seconds(args):
@@ -168,14 +176,37 @@ def rec_seconds(args):
     return report.seconds * args.batch_size / report.images
 
 
-# What one process measures (--measure): seconds per batch of args.batch_size images.
-MEASURES = {"train": train_seconds, "reference": reference_seconds, "backbone": backbone_seconds,
-            "embed": embed_seconds, "loader": loader_seconds, "rec": rec_seconds}
+# What one process measures (--measure): a step over a batch of args.batch_size images, timed and
+# profiled here, or seconds per batch-sized share of a data job.
+STEPS = {"train": train_step, "reference": reference_step, "jittors_layers": jittors_layers_step,
+         "backbone": backbone_step, "embed": embed_step}
+DATA_JOBS = {"loader": loader_seconds, "rec": rec_seconds}
 RESULT = "benchmark result: "
 
 
+def live_peak_bytes(step):
+    """The bytes of live Vars at the allocator's highest use during one more `step()`, by Jittor's memory
+    profiler: exact and repeatable, where peak RSS also holds the allocator's cache and varies between
+    processes by several per cent."""
+    with jt.flag_scope(profile_memory_enable=1):
+        step()
+        return int(jt.get_max_memory_info().split("[!@#div1!@#]")[0])
+
+
+def measure(args):
+    """This process's figure: seconds per batch, peak memory and, for a step, its live memory."""
+    if args.measure in DATA_JOBS:
+        return {"seconds": DATA_JOBS[args.measure](args), "peak_bytes": peak_memory_bytes(args.measure == "rec"),
+                "live_bytes": None}
+    step = STEPS[args.measure](args)
+    seconds = timed(step, args.warmup, args.steps)
+    peak = peak_memory_bytes()  # before the profiled step, whose bookkeeping is not the step's
+    return {"seconds": seconds, "peak_bytes": peak, "live_bytes": live_peak_bytes(step)}
+
+
 def measured(what, rounds):
-    """{what: [(seconds, peak bytes) per round]}, each figure in a new process of this script, interleaved."""
+    """{what: [(seconds, peak bytes, live bytes or None) per round]}, each figure in a new process of this
+    script, interleaved."""
     results = {w: [] for w in what}
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
     for _ in range(rounds):
@@ -185,7 +216,7 @@ def measured(what, rounds):
             if out.returncode or not lines:
                 sys.exit(f"benchmark: measuring '{w}' failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             result = json.loads(lines[-1][len(RESULT):])
-            results[w].append((result["seconds"], result["peak_bytes"]))
+            results[w].append((result["seconds"], result["peak_bytes"], result["live_bytes"]))
     return results
 
 
@@ -283,9 +314,12 @@ def main():
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
     p.add_argument("--compare_reference", action="store_true",
                    help="also measure a plain jt.optim.SGD step on the same model and batch; print the ratios")
+    p.add_argument("--compare_jittors_layers", action="store_true",
+                   help="also measure the training step with Jittor's own BatchNorm and PReLU instead of "
+                        "backbone.cpu_layers' (CPU); print the ratios")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the measuring processes; each "
                                                          "figure is the median over them (default: 1)")
-    p.add_argument("--measure", choices=sorted(MEASURES), help=argparse.SUPPRESS)  # one figure, in this process
+    p.add_argument("--measure", choices=sorted([*STEPS, *DATA_JOBS]), help=argparse.SUPPRESS)  # one figure, in this process
     args = p.parse_args()
     try:
         args.input_hw = parse_size(args.input_size)
@@ -297,8 +331,7 @@ def main():
         return
 
     if args.measure:
-        seconds = MEASURES[args.measure](args)
-        print(RESULT + json.dumps({"seconds": seconds, "peak_bytes": peak_memory_bytes(args.measure == "rec")}))
+        print(RESULT + json.dumps(measure(args)))
         return
     report(args, device)
 
@@ -306,28 +339,33 @@ def main():
 def report(args, device):
     labels = {"train": f"train step, SFace head ({args.num_classes} classes)",
               "reference": "reference: jt.optim.SGD step, same model",
+              "jittors_layers": "train step, Jittor's BatchNorm and PReLU",
               "backbone": "train step, backbone only", "embed": "embedding (eval, no grad)",
               "loader": f"image-list loader, {args.num_workers} threads",
               "rec": f".rec -> JPEG conversion, {args.processes} processes"}
-    what = ["train", *(["reference"] if args.compare_reference else []), "backbone", "embed",
+    compared = [w for w, flag in (("reference", args.compare_reference),
+                                  ("jittors_layers", args.compare_jittors_layers)) if flag]
+    what = ["train", *compared, "backbone", "embed",
             *(["loader"] if args.data_root else []), *(["rec"] if args.rec else [])]
     results = measured(what, args.rounds)
-    seconds = {w: statistics.median(s for s, _ in r) for w, r in results.items()}
-    peak = {w: statistics.median(m for _, m in r) for w, r in results.items()}
+    seconds, peak, live = ({w: statistics.median(r[i] for r in rs) if rs[0][i] is not None else None
+                            for w, rs in results.items()} for i in range(3))
     b = args.batch_size
     backbone = build_backbone_from_config(model_config(args))
     print(f"{args.net} {args.input_size} {args.embedding_size}-d ({count_parameters(backbone):,} parameters), "
           f"batch {b}, {device}; each figure in its own process: median of {args.steps} steps after {args.warmup} "
-          f"warm-up, median over {args.rounds} interleaved round(s); peak {memory_kind()} of that process")
+          f"warm-up, median over {args.rounds} interleaved round(s); peak {memory_kind()} of that process; live: "
+          f"Vars alive at the step's peak (Jittor's memory profiler, exact)")
     for w in what:
         print(f"  {labels[w]:<44} {b / seconds[w]:9.1f} img/s  ({seconds[w] * 1e3:7.0f} ms per batch)  "
-              f"peak {peak[w] / 2 ** 20:7.0f} MB")
-    if args.compare_reference:
-        per_round = [(t / rt, m / rm) for (t, m), (rt, rm) in zip(results["train"], results["reference"])]
-        print(f"  {'train step / reference step':<44} time {seconds['train'] / seconds['reference']:.2f}x, "
-              f"peak memory {peak['train'] / peak['reference']:.2f}x  (per round: "
-              + ", ".join(f"{t:.2f}x / {m:.2f}x" for t, m in per_round) + ")")
-
+              f"peak {peak[w] / 2 ** 20:7.0f} MB" + (f"  live {live[w] / 2 ** 20:7.0f} MB" if live[w] else ""))
+    ratio_labels = {"reference": "train step / reference step",
+                    "jittors_layers": "train step / step with Jittor's layers"}
+    for other in compared:
+        per_round = [(t / ot, m / om) for (t, m, _), (ot, om, _) in zip(results["train"], results[other])]
+        print(f"  {ratio_labels[other]:<44} time {seconds['train'] / seconds[other]:.2f}x, "
+              f"peak memory {peak['train'] / peak[other]:.2f}x, live memory {live['train'] / live[other]:.2f}x"
+              "  (time / peak per round: " + ", ".join(f"{t:.2f}x / {m:.2f}x" for t, m in per_round) + ")")
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ state_dicts map onto these modules key for key.
 from jittor import nn
 
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
-from .cpu_layers import BatchNorm, PReLU
+from .cpu_layers import BatchNorm, PReLU, batchnorm_prelu
 
 UNITS_PER_STAGE = {
     18: (2, 2, 2, 2),
@@ -97,7 +97,8 @@ class IResNet(nn.Module):
 
     def features(self, x):
         """The last convolutional map, N x 512 x H/16 x W/16 (what SCF's confidence head reads)."""
-        return self.body(self.input_layer(self.input_norm(x)))
+        conv, batchnorm, prelu = (self.input_layer[i] for i in range(3))  # BN and PReLU as one step
+        return self.body(batchnorm_prelu(batchnorm, prelu, conv(self.input_norm(x))))
 
     def embedding(self, features):
         return self.output_layer(features)  # N x embedding_size

@@ -7,7 +7,7 @@ fc1 (2e-5); activations are per-channel PReLU; there is no dropout.
 from jittor import nn
 
 from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
-from .cpu_layers import BatchNorm, PReLU
+from .cpu_layers import BatchNorm, PReLU, batchnorm_prelu
 
 BN_EPS = 1e-3
 EMBEDDING_BN_EPS = 2e-5
@@ -22,7 +22,7 @@ class ConvBlock(nn.Module):
         self.relu = PReLU(out_c)
 
     def execute(self, x):
-        return self.relu(self.batchnorm(self.conv2d(x)))
+        return batchnorm_prelu(self.batchnorm, self.relu, self.conv2d(x))
 
 
 class LinearBlock(nn.Module):

@@ -70,15 +70,20 @@ def test_an_output_folder_that_cannot_be_made_stops_training_and_evaluation_befo
             assert "Traceback" not in result.stderr
 
 
-def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step():
+def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step_and_jittors_layers():
     result = subprocess.run([sys.executable, SCRIPTS["benchmark.py"], "--net", "MobileFaceNet", "--batch_size", "2",
                              "--num_classes", "10", "--steps", "1", "--warmup", "0", "--workers_id", "cpu",
-                             "--compare_reference"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                             "--compare_reference", "--compare_jittors_layers"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
-    for label in ("train step, SFace head (10 classes)", "reference: jt.optim.SGD step, same model"):
+    for label in ("train step, SFace head (10 classes)", "reference: jt.optim.SGD step, same model",
+                  "train step, Jittor's BatchNorm and PReLU"):
         figures = lines[label].split()
-        assert float(figures[figures.index("img/s") - 1]) > 0 and float(figures[figures.index("MB") - 1]) > 0, label
-    ratios = lines["train step / reference step"].split()
-    assert float(ratios[ratios.index("time") + 1].rstrip("x,")) > 0
-    assert float(ratios[ratios.index("memory") + 1].rstrip("x")) > 0
+        assert float(figures[figures.index("img/s") - 1]) > 0, label
+        assert float(figures[figures.index("peak") + 1]) > float(figures[figures.index("live") + 1]) > 0, label
+    for label in ("train step / reference step", "train step / step with Jittor's layers"):
+        ratios = lines[label].split()
+        assert float(ratios[ratios.index("time") + 1].rstrip("x,")) > 0
+        assert float(ratios[ratios.index("memory") + 1].rstrip("x,")) > 0
+        assert float(ratios[ratios.index("live") + 2].rstrip("x")) > 0

@@ -6,7 +6,7 @@ from jittor import nn
 
 from backbone import build_backbone
 from backbone.common import is_running_stat
-from backbone.cpu_layers import BatchNorm, PReLU, channel_sums
+from backbone.cpu_layers import BatchNorm, PReLU, batchnorm_prelu, channel_sums
 
 
 def randomise(module, rng):
@@ -33,8 +33,8 @@ def outputs_and_gradients(module, x):
 
 
 def with_jittors_layers(monkeypatch):
-    monkeypatch.setattr(BatchNorm, "execute", nn.BatchNorm.execute)
-    monkeypatch.setattr(PReLU, "execute", nn.PReLU.execute)
+    for layer in (BatchNorm, PReLU):
+        monkeypatch.setattr(layer, "uses_cpu_kernel", lambda self, x: False)
 
 
 def in_float64(module, state, x):
@@ -67,14 +67,18 @@ def compare(module, x):
 
 def test_channel_sums_match_numpy():
     rng = np.random.default_rng(0)
-    x, y = (rng.standard_normal((2, 5, 7, 3, 4)).astype(np.float32) for _ in range(2))
-    total, product = channel_sums(jt.array(x), jt.array(y))
-    _, negative = channel_sums(jt.array(x), jt.array(y), "min(y, 0)")
+    dz, x = (rng.standard_normal((2, 5, 7, 3, 4)).astype(np.float32) for _ in range(2))
+    scale, shift, slope = (rng.standard_normal(5).astype(np.float32) for _ in range(3))
+    sums = channel_sums(*(jt.array(v) for v in (dz, x, scale, shift, slope)))
+
+    def channel(v):
+        return v.reshape(1, 5, 1, 1, 1)
+    y = x * channel(scale) + channel(shift)
+    dy = np.where(y > 0, dz, dz * channel(slope))
     axes = (0, 2, 3, 4)
-    np.testing.assert_allclose(total.numpy(), x.sum(axes, dtype=np.float64), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(product.numpy(), (x * y).sum(axes, dtype=np.float64), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(negative.numpy(), (x * np.minimum(y, 0)).sum(axes, dtype=np.float64), rtol=1e-5,
-                               atol=1e-5)
+    expected = [dy.sum(axes), (dy * x).sum(axes), (dz * np.minimum(y, 0)).sum(axes)]
+    for got, want in zip(sums, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(6, 5, 9, 7), (3, 8, 1, 1), (10, 12)])
@@ -97,6 +101,23 @@ def test_prelu_matches_jittors(shape):
     ours, exact = compare(layer, rng.standard_normal(shape).astype(np.float32))
     for k, reference in exact.items():
         np.testing.assert_allclose(ours[k], reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max(), err_msg=k)
+
+
+class BatchNormPReLU(nn.Module):
+    def __init__(self, channels):
+        self.batchnorm, self.prelu = BatchNorm(channels, eps=1e-3), PReLU(channels)
+
+    def execute(self, x):
+        return batchnorm_prelu(self.batchnorm, self.prelu, x)
+
+
+def test_batchnorm_then_prelu_as_one_step_matches_jittors():
+    rng = np.random.default_rng(6)
+    layer = BatchNormPReLU(6)
+    randomise(layer, rng)
+    ours, exact = compare(layer, rng.standard_normal((5, 6, 4, 7)).astype(np.float32))
+    for k, reference in exact.items():
+        np.testing.assert_allclose(ours[k], reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max(), err_msg=k)
 
 
 def test_eval_mode_and_a_single_slope_are_jittors_layers_unchanged(monkeypatch):
