@@ -58,22 +58,27 @@ def per_channel(v, x):
     return v.broadcast(x, [0, *range(2, x.ndim)])
 
 
-# Each Function drops the Vars it saved once its gradient graph is built (jt.grad calls `grad` before
-# anything runs): a Var Python holds stays allocated until the step has run, past its last use.
+def take_saved(function):
+    """The Vars a Function saved for its gradient, dropped from it: jt.grad calls `grad` before anything
+    runs, and a Var Python still holds stays allocated until the step has run, past its last use."""
+    if function.saved is None:
+        raise RuntimeError("backbone.cpu_layers: a second gradient of the same forward pass (jt.grad with "
+                           "retain_graph); run the forward pass again for it")
+    saved, function.saved = function.saved, None
+    return saved
 
 class BatchMoments(jt.Function):
     """(mean of x, mean of x^2) per channel over every axis but 1."""
 
     def execute(self, x):
-        self.x = x
+        self.saved = x
         self.count = x.numel() // x.shape[1]
         ones, zeros = jt.ones(x.shape[1]), jt.zeros(x.shape[1])
         total, squares, _ = channel_sums(x, x, ones, zeros, ones)
         return total / self.count, squares / self.count
 
     def grad(self, d_mean, d_square_mean):
-        x = self.x
-        del self.x
+        x = take_saved(self)
         zeros = jt.zeros(x.shape[1])
         d_mean = zeros if d_mean is None else d_mean
         d_square_mean = zeros if d_square_mean is None else d_square_mean
@@ -89,8 +94,7 @@ class AffinePReLU(jt.Function):
         return jt.ternary(y > 0, y, y * per_channel(slope, x))
 
     def grad(self, dz):
-        x, scale, shift, slope = self.saved
-        del self.saved
+        x, scale, shift, slope = take_saved(self)
         d_shift, d_scale, d_slope = channel_sums(dz, x, scale, shift, slope)
         y = x * per_channel(scale, x) + per_channel(shift, x)
         dy = jt.ternary(y > 0, dz, dz * per_channel(slope, dz))

@@ -141,3 +141,12 @@ def test_whole_backbones_match_jittors_layers(name):
     if name == "IR_18":
         backbone.output_layer[1].p = 0.0  # dropout masks are not part of the comparison
     compare(backbone, np.random.default_rng(5).uniform(0, 255, (4, 3, 32, 32)).astype(np.float32))
+
+
+def test_a_second_gradient_of_one_forward_pass_is_refused_by_name():
+    layer = PReLU(3)
+    x = jt.array(np.random.default_rng(8).standard_normal((2, 3, 4, 4)).astype(np.float32))
+    y = layer(x)
+    jt.grad(y.sum(), [x], retain_graph=True)
+    with pytest.raises(RuntimeError, match="second gradient of the same forward pass"):
+        jt.grad(y.sum(), [x])
