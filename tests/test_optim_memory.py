@@ -19,6 +19,7 @@ def profiled_peak(kind):
     import jittor as jt
     import numpy as np
 
+    from benchmark import live_peak_bytes
     from train.config import SFACE, configure
     from train.model import build_model
     from train.optim import reference_sgd
@@ -51,12 +52,11 @@ def profiled_peak(kind):
             out = model.head(embeddings, jt.array(labels), 0)
             model.optimizer.step(out.loss)
             out.loss.item()
-    step()
-    jt.sync_all(True)
-    with jt.flag_scope(profile_memory_enable=1):
+    def synced_step():
         step()
         jt.sync_all(True)
-        return int(jt.get_max_memory_info().split("[!@#div1!@#]")[0])
+    synced_step()
+    return live_peak_bytes(synced_step)
 
 
 def peak_in_new_process(kind):
