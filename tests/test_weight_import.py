@@ -105,11 +105,39 @@ def test_torch_reader_refuses_other_globals_and_garbage(tmp_path):
         for header in (LEGACY_MAGIC, 1001, {}):
             pickle.dump(header, f)
         f.write(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(ValueError, match="evil.pt: not a readable PyTorch checkpoint .*refusing to load global os.system"):
+    with pytest.raises(ValueError, match="evil.pt: not a readable PyTorch checkpoint .*it names os.system, which a "
+                                         "PyTorch checkpoint never holds; refused, as loading it could run code"):
+        load_torch_file(str(evil))
+    with open(evil, "wb") as f:  # the header's plain pickles name no global at all
+        pickle.dump(LEGACY_MAGIC, f, protocol=2)
+        f.write(b"cbuiltins\nprint\n(S'ran'\ntR.")
+    with pytest.raises(ValueError, match="evil.pt: .*it names builtins.print, which a PyTorch checkpoint's header"):
         load_torch_file(str(evil))
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.pt"):
         load_torch_file(str(tmp_path / "junk.pt"))
+
+
+def test_torch_reader_keeps_to_the_bytes_the_file_holds(tmp_path):
+    """A tensor view past its storage, a storage larger than the file, a length past the end: refused."""
+    storage = {"0": np.arange(6, dtype=np.float32)}
+    for legacy in (False, True):
+        path = tmp_path / f"{legacy}.pt"
+        write_torch_file(path, {"w": FakeTensor("0", 2, (3, 2), (2, 1))}, storage, legacy)
+        with pytest.raises(ValueError, match=f"{legacy}.pt: .*runs past its storage of 6 elements"):
+            load_torch_file(str(path))
+    path = tmp_path / "huge.pt"
+    write_torch_file(path, {"w": FakeTensor("0", 0, (6,), (1,))}, {"0": np.zeros(7, np.float32)}, legacy=True)
+    content = path.read_bytes()
+    claimed = pickle.dumps(7, protocol=2)[2:-1]  # the storage's element count as the pickle writes it
+    assert content.count(claimed) == 1
+    path.write_bytes(content.replace(claimed, b"\x8a\x06" + (2**40).to_bytes(6, "little")))  # LONG1: 2**40
+    with pytest.raises(ValueError, match="huge.pt: .*storage 0 claims 1099511627776 elements, more than the file"):
+        load_torch_file(str(path))
+    header = pickle.dumps(LEGACY_MAGIC, protocol=2)
+    path.write_bytes(header + b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b".")  # 32 TiB of BINBYTES8
+    with pytest.raises(ValueError, match="huge.pt: not a readable PyTorch checkpoint .*expected 35184372088832 bytes"):
+        load_torch_file(str(path))
 
 
 def test_batchnorm_eps_is_folded_exactly():
