@@ -1,5 +1,7 @@
 """Foreign weights: the torch-free PyTorch reader and the exact importers."""
+import importlib.util
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -206,3 +208,35 @@ def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
     refused = import_to(out / "inside_a_file.npz")  # where nothing can be written: a message, not a traceback
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert f"{out}: exists and is not a folder" in refused.stderr
+
+
+def import_weights_error(*argv):
+    """tools/import_weights.py run in this process: the one-line message it exits with (non-zero)."""
+    spec = importlib.util.spec_from_file_location("import_weights", os.path.join(REPO_ROOT, "tools",
+                                                                                 "import_weights.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as stop:
+        tool.main(list(argv))
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code  # printed to stderr, status 1
+    return stop.value.code
+
+
+def test_import_tool_names_the_file_it_cannot_use(tmp_path):
+    head = tmp_path / "Head_SFaceLoss.pth"
+    write_torch_file(head, {"weight": FakeTensor("0", 0, (4, 3), (3, 1))}, {"0": np.zeros(12, np.float32)},
+                     legacy=False)
+    out = str(tmp_path / "out.npz")
+    assert import_weights_error("pytorch", "--net", "IR_18", "--backbone", str(head), "--out", out) == (
+        f"error: cannot import pytorch weights: {head}: holds no BatchNorm statistics (running_mean), so no "
+        "backbone; a head's state dict goes to --head")
+    missing = tmp_path / "missing_params.npz"
+    symbol = tmp_path / "model-symbol.json"
+    symbol.write_text("{}")
+    assert import_weights_error("insightface", "--params", str(missing), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {missing}: No such file or directory")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **{"aux:fc1_moving_mean": np.array([1, "a"], dtype=object)})
+    assert import_weights_error("insightface", "--params", str(objects), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {objects}: not a readable .npz of arrays (Object arrays cannot "
+        "be loaded when allow_pickle=False)")
