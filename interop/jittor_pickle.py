@@ -1,4 +1,4 @@
-"""Read a state dict that `jt.save` wrote (the official SFace-Jittor Backbone_*.pkl / Head_*.pkl) without Jittor's loader.
+"""Read a state dict that `jt.save` wrote (the official SFace-Jittor Backbone_*.pkl, Head_*.pkl) safely.
 
 Jittor 1.3.11 writes `pickle.dumps(obj, protocol=4)`, then the SHA-1 of those bytes and the
 trailer b"HCAJSLHD" (earlier versions: the pickle alone). A Var pickles as `jittor.Var(data)`

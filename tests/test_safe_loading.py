@@ -4,9 +4,11 @@ Each crafted file carries a pickle whose `__reduce__` opens a marker file for wr
 unpickling (what these paths did through jt.load and pickle.load) creates the marker; the
 scripts must refuse the file by name, without a traceback, and never create it.
 """
+import ast
 import hashlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -123,3 +125,174 @@ def test_an_official_jittor_checkpoint_loads_exactly_and_starts_training(tmp_pat
     # One step moves a running mean by 10 % of the way to the batch's mean (Jittor's BatchNorm momentum
     # 0.1): from 1000 it stays far above anything a freshly initialised model's could be.
     assert (last["backbone"]["fc1.running_mean"] > 500).all()
+
+
+# ---- the source holds no other way to unpickle a file ----
+
+# Modules that unpickle (or hand a file to an unpickler) through some of their names; the pickle family
+# has no other use here, so even passing one around is refused (jittor is passed as an array namespace).
+PICKLE_ROOTS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+LOADER_ROOTS = PICKLE_ROOTS | {"torch", "jittor", "jittor_core", "jittor_utils"}
+UNSAFE_NAME = re.compile(r"^(_?loads?|\w*Unpickler|safeunpickle|_load_pkl|load_pytorch|open|__dict__|"
+                         r"__getattribute__)$")
+SAFE_LOAD_ROOTS = {"json", "numpy", "onnx"}  # their .load reads no pickle (numpy's unless allow_pickle)
+# Plain-text spellings that never belong in the source, comments included.
+FORBIDDEN_TEXT = ("jt.load(", "pickle.load(", "pickle.loads(", "torch.load(", "allow_pickle=True",
+                  "load_parameters(jt.load")
+RESTRICTED_MODULE = os.path.join("util", "restricted_pickle.py")
+# What the restricted unpickler alone may do: subclass pickle.Unpickler, resolve globals, call its load().
+RESTRICTED_MODULE_USES = {"pickle.Unpickler", "find_class", "super().load(...)"}
+
+
+def dotted(node):
+    """a.b.c of a Name/Attribute chain, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+
+def called_name(node):
+    """The last name of what a Call calls (`f` of `a.b.f(...)`), else None."""
+    func = node.func if isinstance(node, ast.Call) else None
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def restricted_classes(trees):
+    """RestrictedUnpickler and every class (in any scanned file) that derives from one of them."""
+    names, grown = {"RestrictedUnpickler"}, True
+    while grown:
+        found = {node.name for tree in trees for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                 and any((dotted(b) or "").split(".")[-1] in names for b in node.bases)}
+        grown = not found <= names
+        names |= found
+    return names
+
+
+def unsafe_loads(tree, restricted):
+    """[(line, what)] of every way `tree` could unpickle outside the restricted unpickler."""
+    aliases, findings = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname or a.name.split(".")[0]: a.name if a.asname else a.name.split(".")[0]
+                            for a in node.names})
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                if node.module.split(".")[0] in LOADER_ROOTS and (a.name == "*" or UNSAFE_NAME.match(a.name)):
+                    findings.append((node.lineno, f"from {node.module} import {a.name}"))
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+
+    def module_of(node):
+        name = dotted(node)
+        if name is None or name.split(".")[0] not in aliases:
+            return None
+        return ".".join([aliases[name.split(".")[0]], *name.split(".")[1:]])
+
+    def is_loader(node, roots=LOADER_ROOTS):
+        module = module_of(node)
+        return module is not None and module.split(".")[0] in roots
+
+    bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_loader(node.value) and UNSAFE_NAME.match(node.attr):
+            findings.append((node.lineno, f"{dotted(node)}"))
+        elif isinstance(node, ast.Name) and id(node) not in bases and is_loader(node, PICKLE_ROOTS):
+            findings.append((node.lineno, f"{node.id} (a module that unpickles) used as a value"))
+        elif isinstance(node, ast.FunctionDef) and node.name == "find_class":
+            findings.append((node.lineno, "find_class of its own (resolving globals is the restricted unpickler's)"))
+        elif isinstance(node, ast.Constant) and node.value == "allow_pickle":
+            findings.append((node.lineno, "'allow_pickle' spelled as a string"))
+        elif isinstance(node, ast.Call) and called_name(node) == "getattr" and node.args and is_loader(node.args[0]):
+            findings.append((node.lineno, f"getattr({ast.unparse(node.args[0])}, ...)"))
+        elif isinstance(node, ast.Call):
+            findings += unsafe_call(node, module_of, restricted)
+    return findings
+
+
+def unsafe_call(node, module_of, restricted):
+    findings = []
+    for keyword in node.keywords:
+        if keyword.arg == "allow_pickle" and not (isinstance(keyword.value, ast.Constant)
+                                                  and keyword.value.value is False):
+            findings.append((node.lineno, "allow_pickle not False"))
+    if called_name(node) in ("__import__", "import_module"):
+        findings.append((node.lineno, f"{called_name(node)}(...): a module imported by a computed name"))
+    if isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "loads"):
+        receiver, module = node.func.value, module_of(node.func.value)
+        if module is not None and module.split(".")[0] == "numpy":
+            if len(node.args) > 2 or any(k.arg is None for k in node.keywords):
+                findings.append((node.lineno, "numpy load with allow_pickle given positionally or by **"))
+        elif module is None and called_name(receiver) not in restricted:
+            findings.append((node.lineno, f"{ast.unparse(node.func)}(...) on an object (a Jittor Module.load, "
+                                          "an unpickler)"))
+        elif module is not None and module.split(".")[0] not in SAFE_LOAD_ROOTS | LOADER_ROOTS:
+            findings.append((node.lineno, f"{ast.unparse(node.func)}(...)"))
+    return findings
+
+
+def source_files():
+    for folder, dirs, files in os.walk(REPO_ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__")) and
+                   os.path.relpath(os.path.join(folder, d), REPO_ROOT) != "tests"]
+        yield from (os.path.relpath(os.path.join(folder, f), REPO_ROOT) for f in files if f.endswith(".py"))
+
+
+def scan(sources):
+    """{relative path: source} -> ['path:line: what'] of every unsafe load, text or code."""
+    trees = {path: ast.parse(text) for path, text in sources.items()}
+    restricted = restricted_classes(trees.values())
+    findings = []
+    for path, text in sources.items():
+        found = [(n, f"'{s}'") for n, line in enumerate(text.splitlines(), 1) for s in FORBIDDEN_TEXT if s in line]
+        found += unsafe_loads(trees[path], restricted)
+        if path == RESTRICTED_MODULE:
+            found = [(n, what) for n, what in found if what.split(" ")[0] not in RESTRICTED_MODULE_USES]
+        findings += [f"{path}:{n}: {what}" for n, what in sorted(set(found))]
+    return findings
+
+
+UNSAFE_SNIPPETS = [
+    "import pickle\npickle.load(f)", "import pickle as p\np.loads(b)", "from pickle import load",
+    "from pickle import loads as safe", "from pickle import *", "import _pickle\n_pickle.loads(b)",
+    "import pickle\nclass U(pickle.Unpickler):\n    pass", "import pickle\npickle.Unpickler(f).load()",
+    "import pickle\nreader = pickle\nreader.load(f)", "import pickle\ngetattr(pickle, 'lo' + 'ad')(f)",
+    "import importlib\nimportlib.import_module('pickle').load(f)", "__import__('pickle').loads(b)",
+    "import jittor as jt\njt.load(path)", "import jittor as jt\nmodel.load_parameters(jt.load(path))",
+    "import jittor\njittor.load(path)", "from jittor import load", "import jittor as jt\njt.Module.load(m, path)",
+    "import jittor as jt\ngetattr(jt, 'lo' + 'ad')(path)", "import jittor as jt\nj = jt\nj.load(path)",
+    "model.load(path)", "from jittor_utils.load_pytorch import load_pytorch", "import torch\ntorch.load(path)",
+    "import numpy as np\nnp.load(path, allow_pickle=True)", "import numpy as np\nnp.load(path, None, True)",
+    "import numpy as np\nflag = True\nnp.load(path, allow_pickle=flag)", "kwargs = {'allow_pickle': True}",
+    "import dill\ndill.load(f)", "import shelve\nshelve.open(path)", "import marshal\nmarshal.loads(b)",
+    "# restore with jt.load(path)", "from util.restricted_pickle import RestrictedUnpickler\n"
+    "class Mine(RestrictedUnpickler):\n    def find_class(self, module, name):\n        return print",
+]
+SAFE_SNIPPETS = [
+    "import json\njson.load(f)", "import numpy as np\nnp.load(path)",
+    "import numpy as np\nnp.load(path, allow_pickle=False)", "import pickle\npickle.dumps(x, protocol=4)",
+    "import jittor as jt\njt.save(x, path)", "import onnx\nonnx.load(path)", "import jittor as jt\nscf_loss(kappa, jt)",
+    "from util.restricted_pickle import RestrictedUnpickler\nclass Mine(RestrictedUnpickler):\n    pass\n"
+    "Mine(s, {}, 'a file').load()",
+]
+
+
+def test_the_source_scan_catches_every_spelling_of_a_plain_load():
+    for snippet in UNSAFE_SNIPPETS:
+        assert scan({"tool.py": snippet}), snippet
+    for snippet in SAFE_SNIPPETS:
+        assert scan({"tool.py": snippet}) == [], snippet
+    restricted = "import pickle\nclass RestrictedUnpickler(pickle.Unpickler):\n    def find_class(self, module, " \
+                 "name):\n        pass\n    def load(self):\n        return super().load()\n"
+    assert scan({RESTRICTED_MODULE: restricted}) == []
+    assert scan({RESTRICTED_MODULE: restricted + "pickle.loads(b)\n"})  # its own plain load is caught too
+
+
+def test_no_source_file_unpickles_outside_the_restricted_unpickler():
+    sources = {}
+    for path in source_files():
+        with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as f:
+            sources[path] = f.read()
+    assert {RESTRICTED_MODULE, os.path.join("train", "checkpoint.py"), os.path.join("tools", "import_weights.py"),
+            "eval_SFace_jittor.py"} <= set(sources)
+    assert scan(sources) == []
