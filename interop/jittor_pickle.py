@@ -1,8 +1,8 @@
 """Read a state dict that `jt.save` wrote (the official SFace-Jittor Backbone_*.pkl, Head_*.pkl) safely.
 
 Jittor 1.3.11 writes `pickle.dumps(obj, protocol=4)`, then the SHA-1 of those bytes and the
-trailer b"HCAJSLHD" (earlier versions: the pickle alone). A Var pickles as `jittor.Var(data)`
-(`Var.__reduce__`), its data a numpy array. Only the globals such a state dict names are
+trailer b"HCAJSLHD" (earlier versions: the pickle alone). A Var pickles as a call of
+`jittor.jittor_core.Var` on its data, a numpy array (`Var.__module__`, `Var.__reduce__`). Only the globals such a state dict names are
 resolved (util.restricted_pickle): a Var becomes its array, and numpy's array reconstruction
 builds nothing but plain arrays.
 """
@@ -20,7 +20,8 @@ HOLDER = "a Jittor state dict"
 
 
 class PlainArray:
-    """What `numpy.ndarray` resolves to: the one subtype `_reconstruct` accepts, and nothing callable."""
+    """What `numpy.ndarray` resolves to: the one subtype `_reconstruct` accepts (numpy's own class, called by
+    the pickle, would allocate an array of whatever shape it claims)."""
 
 
 def reconstruct(subtype, *_):
@@ -43,8 +44,7 @@ def var_data(data):
 
 
 JITTOR_GLOBALS = {
-    ("jittor", "jittor_core.Var"): var_data,  # how protocol 4 names it (its qualified name)
-    ("jittor", "Var"): var_data,
+    ("jittor", "jittor_core.Var"): var_data,  # its qualified name, as protocol 4 writes it
     ("numpy.core.multiarray", "_reconstruct"): reconstruct,  # numpy 1
     ("numpy._core.multiarray", "_reconstruct"): reconstruct,  # numpy 2
     ("numpy", "ndarray"): PlainArray,

@@ -123,10 +123,10 @@ def from_xiaoccer_pytorch(state_dict, model):
 def state_dict_arrays(obj, path):
     """A loaded state dict checked to be {name: numeric array}; ValueError naming the file otherwise."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict (names -> arrays)")
+        raise ValueError(f"{path}: holds an object of type {type(obj).__name__}, not a state dict (names -> arrays)")
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, np.ndarray) or value.dtype.kind not in NUMERIC_KINDS:
-            what = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+            what = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else f"a {type(value).__name__} value"
             raise ValueError(f"{path}: not a state dict of numeric arrays ({key!r} holds {what})")
     return dict(obj)
 

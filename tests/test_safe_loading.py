@@ -5,6 +5,7 @@ unpickling (what these paths did through jt.load and pickle.load) creates the ma
 scripts must refuse the file by name, without a traceback, and never create it.
 """
 import ast
+import collections
 import hashlib
 import os
 import pickle
@@ -19,7 +20,7 @@ import pytest
 from backbone import build_backbone
 from conftest import REPO_ROOT
 from interop.torch_pickle import LEGACY_MAGIC
-from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, load_checkpoint
+from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_checkpoint, read_weights
 from train.model import load_model
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -125,6 +126,42 @@ def test_an_official_jittor_checkpoint_loads_exactly_and_starts_training(tmp_pat
     # One step moves a running mean by 10 % of the way to the batch's mean (Jittor's BatchNorm momentum
     # 0.1): from 1000 it stays far above anything a freshly initialised model's could be.
     assert (last["backbone"]["fc1.running_mean"] > 500).all()
+
+
+def test_a_jittor_pkl_holds_names_and_numeric_arrays_whole(tmp_path):
+    """read_weights of a jt.save-style file: what loads and every refusal, each naming the file."""
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "a.steps": np.array(3)}
+    path = tmp_path / "Backbone.pkl"
+    write_jittor_file(path, collections.OrderedDict(weights))
+    arrays, config = read_weights(str(path), "backbone")
+    assert config is None and arrays.keys() == weights.keys()
+    assert all(np.array_equal(arrays[k], weights[k]) for k in weights)
+    path.write_bytes(pickle.dumps(weights, protocol=4))  # no checksum trailer, as older Jittor wrote
+    assert read_weights(str(path), "backbone")[0].keys() == weights.keys()
+
+    write_jittor_file(path, weights)
+    content = bytearray(path.read_bytes())
+    content[40] ^= 1
+    path.write_bytes(bytes(content))
+    refused = {"a corrupt Jittor .pkl \\(its SHA-1 checksum does not match its content\\)": path}
+    for name, obj, message in (
+            ("object.pkl", {"a": np.array([1, "x"], dtype=object)}, "'a' holds an array of object"),
+            ("list.pkl", [weights["a.weight"]], "holds an object of type list, not a state dict"),
+            ("text.pkl", {"a": "x"}, "'a' holds a str value"),
+            ("masked.pkl", {"a": np.ma.array([1.0])}, r"it names numpy\.ma\.core\._mareconstruct, which a Jittor "
+                                                      "state dict never holds; refused, as loading it could run code")):
+        write_jittor_file(tmp_path / name, obj)
+        refused[message] = tmp_path / name
+    subtype = tmp_path / "subtype.pkl"  # numpy's array reconstruction asked for another class
+    subtype.write_bytes(b"cnumpy.core.multiarray\n_reconstruct\n(ccollections\nOrderedDict\n(I0\ntS'b'\ntR.")
+    refused["it rebuilds an array of type .*OrderedDict.*, not a plain numpy array"] = subtype
+    huge = tmp_path / "huge.pkl"
+    huge.write_bytes(b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b".")  # 32 TiB claimed, nothing held
+    refused["not a readable Jittor .pkl state dict \\(expected 35184372088832 bytes"] = huge
+    refused["cannot read it \\(No such file or directory\\)"] = tmp_path / "missing.pkl"
+    for message, source in refused.items():
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(source))}: .*{message}"):
+            read_weights(str(source), "backbone")
 
 
 # ---- the source holds no other way to unpickle a file ----
