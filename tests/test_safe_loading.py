@@ -7,6 +7,7 @@ scripts must refuse the file by name, without a traceback, and never create it.
 import ast
 import collections
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -22,6 +23,7 @@ from conftest import REPO_ROOT
 from interop.torch_pickle import LEGACY_MAGIC
 from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_checkpoint, read_weights
 from train.model import load_model
+from util.restricted_pickle import RestrictedUnpickler
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
 EVAL = os.path.join(REPO_ROOT, "eval_SFace_jittor.py")
@@ -66,6 +68,19 @@ def test_the_crafted_pickle_runs_code_under_plain_unpickling(tmp_path):
     marker = tmp_path / "ran"
     pickle.loads(pickle.dumps({"conv.weight": CreatesMarker(marker)}, protocol=4))
     assert marker.exists()
+
+
+def test_the_restricted_unpickler_checks_what_a_pickle_claims_before_it_allocates():
+    """A length past the end, a memo index far beyond the objects so far: refused, where plain unpickling
+    would allocate (32 TiB; memo room for 2**20 entries from a 10-byte pickle)."""
+    for crafted, message in ((b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b".", "expected 35184372088832 bytes"),
+                             (b"\x80\x02Nr" + (2**20).to_bytes(4, "little") + b".", "memo index 1048576 after 2 ")):
+        with pytest.raises(ValueError, match=message):
+            RestrictedUnpickler(io.BytesIO(crafted), {}, "a test file").load()
+    shared = {"a": "x" * 300, "b": list(range(300))}  # memo entries, fetched again
+    honest = [shared, shared, (1.5, None, True), 2**70]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert RestrictedUnpickler(io.BytesIO(pickle.dumps(honest, protocol)), {}, "a test file").load() == honest
 
 
 # (the crafted file's name, how it is written, the command line that loads it)

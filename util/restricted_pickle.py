@@ -4,8 +4,9 @@ A pickle can name any importable callable and call it with any arguments, so pla
 of a crafted checkpoint, weight or verification file runs code. `RestrictedUnpickler` resolves
 only the (module, name) pairs its caller lists and refuses every other name before anything
 is called; a pickle naming none (a header, a list of keys) gets an empty list. It reads an
-in-memory stream and checks every length the pickle claims against what the stream holds
-before unpickling, since the unpickler allocates a claimed length before reading it.
+in-memory stream and, before unpickling, checks what the pickle claims against what it holds:
+the unpickler allocates a claimed length before reading it, and memo room up to any index a
+PUT names, so a few crafted bytes could otherwise take gigabytes.
 """
 import io
 import pickle
@@ -24,7 +25,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, stream, allowed, holder, **kwargs):
         if not isinstance(stream, io.BytesIO):
-            raise TypeError("RestrictedUnpickler reads an io.BytesIO (whose lengths it can check)")
+            raise TypeError("RestrictedUnpickler reads an io.BytesIO (whose claims it checks before unpickling)")
         super().__init__(stream, **kwargs)
         self.stream, self.allowed, self.holder = stream, allowed, holder
 
@@ -35,17 +36,22 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self.allowed[(module, name)]
 
     def load(self):
-        check_lengths(self.stream)
+        check_claims(self.stream)
         return super().load()
 
 
-def check_lengths(stream):
+MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def check_claims(stream):
     """Walk the next pickle in `stream` without building anything, then rewind.
 
-    A length that runs past the end of the stream, an unknown opcode or a missing STOP raises
-    ValueError (pickletools reads an io.BytesIO's bytes only as far as they go).
+    ValueError for a length that runs past the end of the stream (pickletools reads an io.BytesIO's
+    bytes only as far as they go), a memo index beyond the number of opcodes before it (a pickler
+    numbers its memo entries 0, 1, 2, ... as it writes them), an unknown opcode or a missing STOP.
     """
     start = stream.tell()
-    for _ in pickletools.genops(stream):
-        pass
+    for count, (opcode, arg, position) in enumerate(pickletools.genops(stream)):
+        if opcode.name in MEMO_PUTS and arg > count:
+            raise ValueError(f"at position {position}, memo index {arg} after {count} opcodes")
     stream.seek(start)
