@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 from interop.torch_pickle import LEGACY_MAGIC, load_torch_file
 from interop.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
                                    set_batchnorm)
-from train.checkpoint import load_weights, module_arrays
+from train.checkpoint import load_weights, module_arrays, read_weights
 from train.model import load_backbone
 
 
@@ -140,6 +140,17 @@ def test_torch_reader_keeps_to_the_bytes_the_file_holds(tmp_path):
     path.write_bytes(header + b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b".")  # 32 TiB of BINBYTES8
     with pytest.raises(ValueError, match="huge.pt: not a readable PyTorch checkpoint .*expected 35184372088832 bytes"):
         load_torch_file(str(path))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_start_weights_read_a_pytorch_state_dict_cleaned_as_imports_are(tmp_path, legacy):
+    """--resume_backbone / --resume_head of a torch.save file: DataParallel's 'module.' prefix dropped."""
+    storage = np.arange(6, dtype=np.float32)
+    path = tmp_path / "Backbone.pth"
+    write_torch_file(path, {"module.a.weight": FakeTensor("0", 0, (2, 3), (3, 1))}, {"0": storage}, legacy)
+    arrays, config = read_weights(str(path), "backbone")
+    assert config is None and list(arrays) == ["a.weight"]
+    np.testing.assert_array_equal(arrays["a.weight"], storage.reshape(2, 3))
 
 
 def test_batchnorm_eps_is_folded_exactly():
