@@ -2,9 +2,9 @@
 
 Jittor 1.3.11 writes `pickle.dumps(obj, protocol=4)`, then the SHA-1 of those bytes and the
 trailer b"HCAJSLHD" (earlier versions: the pickle alone). A Var pickles as a call of
-`jittor.jittor_core.Var` on its data, a numpy array (`Var.__module__`, `Var.__reduce__`). Only the globals such a state dict names are
-resolved (util.restricted_pickle): a Var becomes its array, and numpy's array reconstruction
-builds nothing but plain arrays.
+`jittor.jittor_core.Var` on its data, a numpy array (`Var.__module__`, `Var.__reduce__`).
+Only the globals such a state dict names are resolved (util.restricted_pickle): a Var
+becomes its array, and numpy's array reconstruction builds nothing but plain arrays.
 """
 import collections
 import hashlib
