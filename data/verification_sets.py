@@ -3,11 +3,14 @@
 Both become a `PairSet`: the distinct encoded images (a pair set names many images
 twice; each is embedded once), the pairs as indices into them, and the labels.
 """
+import io
 import os
 import pickle
 from dataclasses import dataclass
 
 import numpy as np
+
+from util.restricted_pickle import LOAD_ERRORS, RestrictedUnpickler
 
 from .image_list import DataError, prepare_image, text_lines
 
@@ -90,25 +93,15 @@ def load_pairs_folder(folder, name=None):
                    np.array(pairs, dtype=np.int64), np.array(issame, dtype=bool))
 
 
-class BinUnpickler(pickle.Unpickler):
-    """Builds only what a verification .bin holds: tuples, lists, bytes and bools.
-
-    A pickle can name any importable callable and call it: a crafted .bin would run code
-    under plain `pickle.load`. Here every such name is refused, except the one Python 3
-    writes for bytes in pickle protocols 0-2 (`_codecs.encode(text, 'latin1')`).
-    """
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):
-            return latin1_bytes
-        raise pickle.UnpicklingError(f"it names {module}.{name}, which a verification .bin never holds; refused, "
-                                     "as loading it could run code")
-
-
 def latin1_bytes(text, encoding):
     if encoding != "latin1":
         raise pickle.UnpicklingError(f"it encodes bytes as '{encoding}', not 'latin1'")
     return text.encode("latin1")
+
+
+# A verification .bin holds tuples, lists, bytes and bools; the one global it may name is the one
+# Python 3 writes for bytes in pickle protocols 0-2 (`_codecs.encode(text, 'latin1')`).
+BIN_GLOBALS = {("_codecs", "encode"): latin1_bytes}
 
 
 def read_bin_pickle(path):
@@ -118,9 +111,9 @@ def read_bin_pickle(path):
     """
     try:
         with open(path, "rb") as f:
-            content = BinUnpickler(f, encoding="bytes").load()
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            OverflowError) as e:
+            stream = io.BytesIO(f.read())
+        content = RestrictedUnpickler(stream, BIN_GLOBALS, "a verification .bin", encoding="bytes").load()
+    except LOAD_ERRORS as e:
         raise DataError(f"{path}: not a readable verification .bin ({e})") from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
         raise DataError(f"{path}: expected a pickled (bins, issame_list) pair")

@@ -135,6 +135,14 @@ def test_a_bin_cannot_run_code_and_holds_only_bytes_and_bools(tmp_path, capfd):
             load_bin(str(tmp_path / "odd.bin"))
 
 
+def test_a_bin_claiming_more_bytes_than_it_holds_is_refused_before_any_allocation(tmp_path):
+    """A BINBYTES8 of 32 TiB in a 20-byte file: named as unreadable, not a MemoryError."""
+    crafted = tmp_path / "huge.bin"
+    crafted.write_bytes(b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b"\x85.")
+    with pytest.raises(DataError, match=r"huge.bin: not a readable verification .bin \(expected 35184372088832 bytes"):
+        load_bin(str(crafted))
+
+
 def test_targets_resolve_by_name_or_path(tmp_path):
     make_folder(tmp_path / "mylfw")
     with open(tmp_path / "agedb_30.bin", "wb") as f:

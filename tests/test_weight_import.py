@@ -1,5 +1,7 @@
 """Foreign weights: the torch-free PyTorch reader and the exact importers."""
+import importlib.util
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from conftest import REPO_ROOT
 from interop.torch_pickle import LEGACY_MAGIC, load_torch_file
 from interop.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
                                    set_batchnorm)
-from train.checkpoint import load_weights, module_arrays
+from train.checkpoint import load_weights, module_arrays, read_weights
 from train.model import load_backbone
 
 
@@ -105,11 +107,50 @@ def test_torch_reader_refuses_other_globals_and_garbage(tmp_path):
         for header in (LEGACY_MAGIC, 1001, {}):
             pickle.dump(header, f)
         f.write(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(ValueError, match="evil.pt: not a readable PyTorch checkpoint .*refusing to load global os.system"):
+    with pytest.raises(ValueError, match="evil.pt: not a readable PyTorch checkpoint .*it names os.system, which a "
+                                         "PyTorch checkpoint never holds; refused, as loading it could run code"):
+        load_torch_file(str(evil))
+    with open(evil, "wb") as f:  # the header's plain pickles name no global at all
+        pickle.dump(LEGACY_MAGIC, f, protocol=2)
+        f.write(b"cbuiltins\nprint\n(S'ran'\ntR.")
+    with pytest.raises(ValueError, match="evil.pt: .*it names builtins.print, which a PyTorch checkpoint's header"):
         load_torch_file(str(evil))
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.pt"):
         load_torch_file(str(tmp_path / "junk.pt"))
+
+
+def test_torch_reader_keeps_to_the_bytes_the_file_holds(tmp_path):
+    """A tensor view past its storage, a storage larger than the file, a length past the end: refused."""
+    storage = {"0": np.arange(6, dtype=np.float32)}
+    for legacy in (False, True):
+        path = tmp_path / f"{legacy}.pt"
+        write_torch_file(path, {"w": FakeTensor("0", 2, (3, 2), (2, 1))}, storage, legacy)
+        with pytest.raises(ValueError, match=f"{legacy}.pt: .*runs past its storage of 6 elements"):
+            load_torch_file(str(path))
+    path = tmp_path / "huge.pt"
+    write_torch_file(path, {"w": FakeTensor("0", 0, (6,), (1,))}, {"0": np.zeros(7, np.float32)}, legacy=True)
+    content = path.read_bytes()
+    claimed = pickle.dumps(7, protocol=2)[2:-1]  # the storage's element count as the pickle writes it
+    assert content.count(claimed) == 1
+    path.write_bytes(content.replace(claimed, b"\x8a\x06" + (2**40).to_bytes(6, "little")))  # LONG1: 2**40
+    with pytest.raises(ValueError, match="huge.pt: .*storage 0 claims 1099511627776 elements, more than the file"):
+        load_torch_file(str(path))
+    header = pickle.dumps(LEGACY_MAGIC, protocol=2)
+    path.write_bytes(header + b"\x80\x04\x8e" + (2**45).to_bytes(8, "little") + b".")  # 32 TiB of BINBYTES8
+    with pytest.raises(ValueError, match="huge.pt: not a readable PyTorch checkpoint .*expected 35184372088832 bytes"):
+        load_torch_file(str(path))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_start_weights_read_a_pytorch_state_dict_cleaned_as_imports_are(tmp_path, legacy):
+    """--resume_backbone / --resume_head of a torch.save file: DataParallel's 'module.' prefix dropped."""
+    storage = np.arange(6, dtype=np.float32)
+    path = tmp_path / "Backbone.pth"
+    write_torch_file(path, {"module.a.weight": FakeTensor("0", 0, (2, 3), (3, 1))}, {"0": storage}, legacy)
+    arrays, config = read_weights(str(path), "backbone")
+    assert config is None and list(arrays) == ["a.weight"]
+    np.testing.assert_array_equal(arrays["a.weight"], storage.reshape(2, 3))
 
 
 def test_batchnorm_eps_is_folded_exactly():
@@ -178,3 +219,35 @@ def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
     refused = import_to(out / "inside_a_file.npz")  # where nothing can be written: a message, not a traceback
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert f"{out}: exists and is not a folder" in refused.stderr
+
+
+def import_weights_error(*argv):
+    """tools/import_weights.py run in this process: the one-line message it exits with (non-zero)."""
+    spec = importlib.util.spec_from_file_location("import_weights", os.path.join(REPO_ROOT, "tools",
+                                                                                 "import_weights.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as stop:
+        tool.main(list(argv))
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code  # printed to stderr, status 1
+    return stop.value.code
+
+
+def test_import_tool_names_the_file_it_cannot_use(tmp_path):
+    head = tmp_path / "Head_SFaceLoss.pth"
+    write_torch_file(head, {"weight": FakeTensor("0", 0, (4, 3), (3, 1))}, {"0": np.zeros(12, np.float32)},
+                     legacy=False)
+    out = str(tmp_path / "out.npz")
+    assert import_weights_error("pytorch", "--net", "IR_18", "--backbone", str(head), "--out", out) == (
+        f"error: cannot import pytorch weights: {head}: holds no BatchNorm statistics (running_mean), so no "
+        "backbone; a head's state dict goes to --head")
+    missing = tmp_path / "missing_params.npz"
+    symbol = tmp_path / "model-symbol.json"
+    symbol.write_text("{}")
+    assert import_weights_error("insightface", "--params", str(missing), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {missing}: No such file or directory")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **{"aux:fc1_moving_mean": np.array([1, "a"], dtype=object)})
+    assert import_weights_error("insightface", "--params", str(objects), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {objects}: not a readable .npz of arrays (Object arrays cannot "
+        "be loaded when allow_pickle=False)")

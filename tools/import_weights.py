@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
@@ -30,7 +31,7 @@ from backbone.common import DEFAULT_INPUT_MEAN  # noqa: E402
 from data.image_list import parse_size  # noqa: E402
 from interop.torch_pickle import load_torch_file  # noqa: E402
 from interop.weight_import import (SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet,  # noqa: E402
-                                   from_reference_pytorch, from_xiaoccer_pytorch)
+                                   from_xiaoccer_pytorch, read_reference_pytorch, state_dict_arrays)
 from train.checkpoint import OutputError, load_weights, save_checkpoint  # noqa: E402
 
 
@@ -40,8 +41,20 @@ def backbone_config(net, input_hw, embedding_size, input_norm, source):
             "imported_from": os.path.abspath(source)}
 
 
+def read_npz(path):
+    """{name: array} of a .npz archive (np.load never unpickles here); ValueError naming the file otherwise."""
+    try:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of named arrays")
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz of arrays ({e})") from None
+
+
 def import_insightface(args):
-    params = dict(np.load(args.params))
+    params = read_npz(args.params)
     embedding = params["aux:fc1_moving_mean"].shape[0]
     cfg = backbone_config("MobileFaceNet", (112, 112), embedding, (0, 0), args.params)
     model = build_backbone_from_config(cfg)
@@ -53,18 +66,22 @@ def import_insightface(args):
 
 def import_xiaoccer(args):
     checkpoint = load_torch_file(args.checkpoint)
-    state = checkpoint.get("net_state_dict", checkpoint)
+    state = checkpoint.get("net_state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    state = state_dict_arrays(state, args.checkpoint)
     embedding = state["linear1.bn.weight"].shape[0]
     cfg = backbone_config("MobileFaceNet", (112, 96), embedding, (DEFAULT_INPUT_MEAN, 1 / 128), args.checkpoint)
     return cfg, from_xiaoccer_pytorch(state, build_backbone_from_config(cfg)), {}
 
 
 def import_pytorch(args):
-    backbone = from_reference_pytorch(load_torch_file(args.backbone))
-    last_bn = next(k for k in reversed(list(backbone)) if k.endswith("running_mean"))
+    backbone = read_reference_pytorch(args.backbone)
+    last_bn = next((k for k in reversed(list(backbone)) if k.endswith("running_mean")), None)
+    if last_bn is None:
+        raise ValueError(f"{args.backbone}: holds no BatchNorm statistics (running_mean), so no backbone; "
+                         "a head's state dict goes to --head")
     cfg = backbone_config(args.net, parse_size(args.input_size), backbone[last_bn].shape[0],
                           (DEFAULT_INPUT_MEAN, args.input_scale), args.backbone)
-    head = from_reference_pytorch(load_torch_file(args.head)) if args.head else {}
+    head = read_reference_pytorch(args.head) if args.head else {}
     if head:
         cfg.update(head="SFaceLoss", num_classes=int(head["weight"].shape[0]))
     return cfg, backbone, head
@@ -95,6 +112,8 @@ def main(argv=None):
                                              "pytorch": import_pytorch}[args.source](args)
         model = build_backbone_from_config(cfg)
         load_weights(model, backbone_arrays, f"{args.source} weights")  # every name and shape must fit
+    except OSError as e:  # a file that cannot be opened
+        sys.exit(f"error: cannot import {args.source} weights: {e.filename}: {e.strerror}")
     except (KeyError, ValueError) as e:
         sys.exit(f"error: cannot import {args.source} weights: {e}")
     try:

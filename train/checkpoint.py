@@ -23,9 +23,11 @@ import json
 import os
 import zipfile
 
-import jittor as jt
 import numpy as np
 
+from interop.jittor_pickle import load_jittor_file
+from interop.torch_pickle import is_torch_file
+from interop.weight_import import read_reference_pytorch, state_dict_arrays
 from util import distributed
 
 FORMAT = "sface-jittor-checkpoint-v1"
@@ -143,17 +145,21 @@ def load_weights(module, arrays, source):
 
 
 def read_weights(path, part):
-    """`part` ('backbone' or 'head') weights from one of our checkpoints or an official SFace-Jittor .pkl.
+    """`part` ('backbone' or 'head') weights from one of our checkpoints, an official SFace-Jittor .pkl
+    (`jt.save` of a state dict) or a PyTorch state dict (`torch.save`, zip or legacy format).
 
-    -> (arrays, the run config of our checkpoint or None for a .pkl).
+    No file runs code: a pickle naming anything a state dict does not hold is refused.
+    -> (arrays, the run config of our checkpoint or None for a state dict).
     """
     if path.endswith(".npz"):
         checkpoint = load_checkpoint(path)
         return checkpoint[part], checkpoint["meta"].get("config")
     try:
-        return {k: np.asarray(v) for k, v in jt.load(path).items()}, None
-    except Exception as e:  # jt.load raises whatever unpickling raised
-        raise CheckpointError(f"{path}: neither a .npz checkpoint nor a Jittor .pkl state dict ({e})") from None
+        if is_torch_file(path):
+            return read_reference_pytorch(path), None
+        return state_dict_arrays(load_jittor_file(path), path), None
+    except ValueError as e:  # the message names the file
+        raise CheckpointError(str(e)) from None
 
 
 def is_scf(config):
