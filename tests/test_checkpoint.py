@@ -102,6 +102,23 @@ def test_unreadable_files_are_named(tmp_path):
         load_checkpoint(str(tmp_path / "missing.npz"))
 
 
+@pytest.mark.parametrize("entries, message", [
+    ({"notes": np.array("hand-written")}, "unexpected entry 'notes'"),
+    ({"foo/x": np.zeros(2)}, "unexpected entry 'foo/x'"),
+    ({"backbone/": np.zeros(2)}, "unexpected entry 'backbone/'"),
+    ({"meta": np.array("{not json")}, "the 'meta' entry is not JSON"),
+    ({"meta": np.array("[1, 2]")}, "the 'meta' entry is not a JSON object"),
+])
+def test_entries_a_checkpoint_cannot_hold_are_named(tmp_path, entries, message):
+    path = str(tmp_path / "odd.npz")
+    save_checkpoint(path, {}, {"w": np.zeros(2, np.float32)}, {})
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    np.savez(path, **dict(arrays, **entries))
+    with pytest.raises(CheckpointError, match=f"{path}: {message}"):
+        load_checkpoint(path)
+
+
 def test_weights_must_fit_exactly():
     model = build_backbone("MobileFaceNet", embedding_size=128)
     arrays = module_arrays(model)

@@ -37,6 +37,7 @@ OFFICIAL_JITTOR_INPUT_NORM = [127.5, 0.078125]
 MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 
 
+PARTS = ("backbone", "head", "optimizer")  # the array entries: <part>/<name>
 TEMPORARY = ".tmp"  # a checkpoint being written: <name>.tmp<PID>, renamed to <name> once whole
 
 
@@ -115,14 +116,28 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
-    meta = json.loads(str(arrays.pop("meta")))
+    meta = read_meta(path, arrays.pop("meta"))
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
-    parts = {"backbone": {}, "head": {}, "optimizer": {}}
+    parts = {part: {} for part in PARTS}
     for key, value in arrays.items():
-        part, name = key.split("/", 1)
+        part, _, name = key.partition("/")
+        if part not in parts or not name:
+            raise CheckpointError(f"{path}: unexpected entry '{key}' (a checkpoint holds 'meta' and arrays "
+                                  f"under {', '.join(f'{p}/' for p in PARTS)})")
         parts[part][name] = value
     return {"meta": meta, **parts}
+
+
+def read_meta(path, value):
+    """The `meta` entry of checkpoint `path` -> its JSON object; CheckpointError naming the file otherwise."""
+    try:
+        meta = json.loads(str(value))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the 'meta' entry is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the 'meta' entry is not a JSON object")
+    return meta
 
 
 def load_weights(module, arrays, source):
