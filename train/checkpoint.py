@@ -63,7 +63,7 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
     tmp = f"{path}{TEMPORARY}{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +72,17 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
             os.remove(tmp)  # a partial file would keep a full disk full
         kept = f"the previous {path} is intact" if os.path.exists(path) else "no earlier checkpoint was there"
         raise OutputError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
+
+
+def write_npz(file, arrays):
+    """`arrays` into the open binary `file` as np.savez lays them out, the archive closed even when a write fails.
+
+    (np.savez leaves its ZipFile open on an error; closed later, once `file` is, it prints a traceback.)
+    """
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(value), allow_pickle=False)
 
 
 def make_outdir(path):
