@@ -78,6 +78,8 @@ def roc_figures(distances, issame, far_targets=FAR_TARGETS):
     exceeds the target (only accepting nothing keeps the false accepts that low).
     """
     issame = np.asarray(issame, dtype=bool)
+    if issame.all() or not issame.any():  # the pair-set readers refuse such sets, naming the file
+        raise ValueError(f"a ROC needs same and different pairs, got {issame.sum()} same of {len(issame)}")
     # A point per distinct distance: of a curve of corners alone (drop_intermediate), the point at a FAR
     # is whichever happens to be a corner, and its threshold jumps with the smallest change of a distance.
     fpr, tpr, score_thresholds = roc_curve(issame, -distances, drop_intermediate=False)

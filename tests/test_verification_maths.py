@@ -81,6 +81,12 @@ def test_the_threshold_at_far_does_not_depend_on_which_roc_points_are_corners():
         assert roc["tar_at_far"] == {0.5: 1.0} and roc["threshold_at_far"] == {0.5: 0.7}
 
 
+@pytest.mark.parametrize("same", [True, False])
+def test_a_roc_of_one_kind_of_pairs_is_an_error_not_nan(same):
+    with pytest.raises(ValueError, match="a ROC needs same and different pairs"):
+        roc_figures(np.linspace(0, 2, 20), np.full(20, same))
+
+
 def roc_by_brute_force(distances, issame, far_targets):
     """Every distinct distance tried as "accept when distance <= threshold" -> ({far: TAR}, {far: threshold})."""
     candidates = np.unique(distances)
