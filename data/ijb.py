@@ -17,6 +17,7 @@ import numpy as np
 
 from .alignment import ALIGNED_SIZE, align_face
 from .image_list import DataError, decode_image, fit_input_size, text_lines, undecodable
+from .verification_sets import check_pair_kinds
 
 IJB_SETS = ("IJBB", "IJBC")
 META_DIR, IMAGES_DIR = "meta", "loose_crop"
@@ -140,6 +141,7 @@ def load_ijb(root, set_name=None):
             raise DataError(f"{pairs_file}:{n}: label must be 1 (same subject) or 0, got {label}")
         pairs.append((first, second))
         issame.append(label == 1)
+    check_pair_kinds(issame, pairs_file)
     missing = [i for i, path in enumerate(images) if not os.path.isfile(path)]
     if missing:
         raise DataError(f"{len(missing)} of the {len(images)} face images are missing, e.g. {images[missing[0]]} "

@@ -1,6 +1,8 @@
 """Which training set a data root holds: an imgs.txt list, or InsightFace's train.rec + train.idx."""
 import os
 
+import numpy as np
+
 from .image_list import LIST_NAME, DataError, ImageListDataset, read_image_list
 from .rec import IDX_NAME, REC_NAME, RecDataset
 
@@ -12,6 +14,24 @@ def open_training_set(root, input_size=(112, 112)):
     if os.path.isfile(os.path.join(root, REC_NAME)) and os.path.isfile(os.path.join(root, IDX_NAME)):
         return RecDataset(root, input_size)
     raise DataError(f"{root}: holds neither {LIST_NAME} nor {REC_NAME} + {IDX_NAME} (a training set needs one of them)")
+
+
+def classes_with_images(dataset):
+    """How many classes at least one labelled image of `dataset` belongs to."""
+    return len(np.unique(dataset.labels[dataset.labels >= 0]))
+
+
+def check_trainable(dataset):
+    """A recognition model learns to tell classes apart: a DataError naming the list unless it has images of 2 or more.
+
+    (With one class a softmax head's loss is constant, SFace's only pulls the images to their centre, and
+    the angle diagnostics have no other class to draw.)
+    """
+    found = classes_with_images(dataset)
+    if found < 2:
+        raise DataError(f"{dataset.source}: images of {found} class{'' if found == 1 else 'es'} "
+                        f"({dataset.num_classes} declared); training a recognition model needs images of at least "
+                        "2 classes to tell apart")
 
 
 def data_identity(dataset):

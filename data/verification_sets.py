@@ -34,6 +34,16 @@ class PairSet:
         return image
 
 
+def check_pair_kinds(issame, path):
+    """A DataError naming `path` unless the pair labels `issame` hold same and different pairs: with one kind
+    only there is no ROC, so no TAR@FAR, AUC or EER (they would read 1.0 or nan)."""
+    same = int(np.count_nonzero(issame))
+    different = len(issame) - same
+    if not same or not different:
+        raise DataError(f"{path}: {same} same and {different} different pairs; verification is scored on pairs of "
+                        "both kinds")
+
+
 class _Distinct:
     """Collects distinct images by key, remembering the first source of each."""
 
@@ -138,13 +148,17 @@ def load_bin(path, name=None):
 
 
 def load_target(target, eval_root):
-    """A target by path (a .bin or a pairs folder) or by name under `eval_root`."""
+    """A target to score, by path (a .bin or a pairs folder) or by name under `eval_root`, with pairs of both kinds."""
     name = os.path.splitext(os.path.basename(os.path.normpath(target)))[0]
     candidates = [target, os.path.join(eval_root, target + ".bin"), os.path.join(eval_root, target)]
     for path in candidates:
         if os.path.isfile(path) and path.endswith(".bin"):
-            return load_bin(path, name)
-        if os.path.isfile(os.path.join(path, PAIRS_NAME)):
-            return load_pairs_folder(path, name)
+            pair_set, source = load_bin(path, name), path
+        elif os.path.isfile(os.path.join(path, PAIRS_NAME)):
+            pair_set, source = load_pairs_folder(path, name), os.path.join(path, PAIRS_NAME)
+        else:
+            continue
+        check_pair_kinds(pair_set.issame, source)
+        return pair_set
     raise DataError(f"verification target '{target}' not found: looked for "
                     + ", ".join([candidates[1], os.path.join(candidates[2], PAIRS_NAME)]))

@@ -64,23 +64,40 @@ def kfold_accuracy(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, num_folds
 
 
 def roc_figures(distances, issame, far_targets=FAR_TARGETS):
-    """ROC over all pairs: fpr, tpr, AUC, EER, and TAR at each FAR target with its distance threshold.
+    """ROC over all pairs: fpr, tpr (the points where the curve turns), AUC, EER, and TAR at each FAR target
+    with its distance threshold.
 
     TAR@FAR is the highest true-accept rate whose false-accept rate does not exceed the
     target; with few negative pairs (3000 on LFW) FAR below 1/3000 means zero false accepts.
-    Its threshold (accept when distance <= it) is what a deployment takes; None when only
-    accepting nothing keeps the false accepts that low.
+    Its threshold, for "accept when distance <= threshold", is the loosest one that keeps the
+    false accepts within the target: the largest pair distance d at which accepting every pair
+    with distance <= d has a FAR not above the target (d is the distance of the last pair so
+    accepted). Every threshold from the distance of the last genuine pair accepted to just below
+    the next larger distance gives the same TAR; d is the largest pair distance of that range, a
+    function of the distances and the target alone. None when accepting even the closest pair(s)
+    exceeds the target (only accepting nothing keeps the false accepts that low).
     """
     issame = np.asarray(issame, dtype=bool)
-    fpr, tpr, score_thresholds = roc_curve(issame, -distances)
+    if issame.all() or not issame.any():  # the pair-set readers refuse such sets, naming the file
+        raise ValueError(f"a ROC needs same and different pairs, got {issame.sum()} same of {len(issame)}")
+    # A point per distinct distance: of a curve of corners alone (drop_intermediate), the point at a FAR
+    # is whichever happens to be a corner, and its threshold jumps with the smallest change of a distance.
+    fpr, tpr, score_thresholds = roc_curve(issame, -distances, drop_intermediate=False)
     at_far = {far: np.searchsorted(fpr, far, side="right") - 1 for far in far_targets}  # fpr is non-decreasing
     tar = {far: float(tpr[i]) for far, i in at_far.items()}
-    threshold = {far: float(-score_thresholds[i]) if np.isfinite(score_thresholds[i]) else None
-                 for far, i in at_far.items()}
+    threshold = {far: float(-score_thresholds[i]) if i > 0 else None for far, i in at_far.items()}
     # fpr - (1 - tpr) rises from -1 to 1 along the curve; the EER is where it crosses 0.
     eer = float(np.interp(0.0, fpr - (1.0 - tpr), fpr))
-    return {"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(issame, -distances)), "eer": eer, "tar_at_far": tar,
-            "threshold_at_far": threshold}
+    turns = curve_turns(fpr, tpr)
+    return {"fpr": fpr[turns], "tpr": tpr[turns], "auc": float(roc_auc_score(issame, -distances)), "eer": eer,
+            "tar_at_far": tar, "threshold_at_far": threshold}
+
+
+def curve_turns(fpr, tpr):
+    """Indices of the ROC points where the curve changes direction, and its ends: the same line, drawn with
+    a point per corner instead of one per distinct distance (millions on IJB-C)."""
+    straight = (np.diff(fpr, 2) == 0) & (np.diff(tpr, 2) == 0)
+    return np.flatnonzero(np.concatenate([[True], ~straight, [True]]))
 
 
 def score_thresholds(distances):

@@ -1,12 +1,16 @@
 """The checkpoint format: round trip, atomic writes, strict weight loading, clear errors."""
 import errno
+import gc
+import io
 import os
+import sys
 
 import jittor as jt
 import numpy as np
 import pytest
 
 from backbone import build_backbone
+from train import checkpoint
 from train.checkpoint import (CheckpointError, OutputError, load_checkpoint, load_weights, module_arrays,
                               open_run_folder, read_weights, run_checkpoint, save_checkpoint)
 
@@ -36,19 +40,33 @@ def test_rewriting_replaces_the_file_whole(tmp_path):
     assert load_checkpoint(path)["meta"]["progress"]["step"] == 2
 
 
-def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_leaves_no_partial_file(tmp_path, monkeypatch):
+def disk_full_after(room):
+    """An `open` for the checkpoint module whose files take `room` bytes, then fail as a full disk does."""
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            left = room - self.tell()
+            if len(data) > left:
+                super().write(bytes(data)[:max(left, 0)])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+    return lambda path, mode: io.BufferedWriter(FullDisk(path, mode))
+
+
+@pytest.mark.parametrize("room", [0, 100, 20_000, 40_900])  # in a header, the array data, the central directory
+def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_leaves_nothing_behind(tmp_path, monkeypatch, capfd,
+                                                                                        room):
     path = str(tmp_path / "last.npz")
     save_checkpoint(path, {"progress": {"step": 1}}, {}, {"w": np.ones(3, np.float32)})
-
-    def disk_full(file, **arrays):
-        file.write(b"PK partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(np, "savez", disk_full)
+    weights = {"a": np.ones(10_000, np.float32)}  # whole: 41030 bytes, the directory from 40838
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # what would reach a user's terminal
+    monkeypatch.setattr(checkpoint, "open", disk_full_after(room), raising=False)
     with pytest.raises(OutputError, match=f"{path}: cannot write the checkpoint \\(No space left on device\\); the "
                                           f"previous {path} is intact"):
-        save_checkpoint(path, {"progress": {"step": 2}}, {}, {"w": np.ones(3, np.float32)})
+        save_checkpoint(path, {"progress": {"step": 2}}, weights, {"w": np.ones(3, np.float32)})
     with pytest.raises(OutputError, match="no earlier checkpoint was there"):
-        save_checkpoint(str(tmp_path / "best.npz"), {}, {}, {})
+        save_checkpoint(str(tmp_path / "best.npz"), {"progress": {"step": 2}}, weights, {"w": np.ones(3, np.float32)})
+    gc.collect()  # an archive left open would complain here, once its file is closed
+    assert capfd.readouterr().err == ""
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["last.npz"] and load_checkpoint(path)["meta"]["progress"] == {"step": 1}
 
@@ -100,6 +118,23 @@ def test_unreadable_files_are_named(tmp_path):
         load_checkpoint(str(foreign))
     with pytest.raises(CheckpointError, match="missing.npz: not a readable checkpoint"):
         load_checkpoint(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"notes": np.array("hand-written")}, "unexpected entry 'notes'"),
+    ({"foo/x": np.zeros(2)}, "unexpected entry 'foo/x'"),
+    ({"backbone/": np.zeros(2)}, "unexpected entry 'backbone/'"),
+    ({"meta": np.array("{not json")}, "the 'meta' entry is not JSON"),
+    ({"meta": np.array("[1, 2]")}, "the 'meta' entry is not a JSON object"),
+])
+def test_entries_a_checkpoint_cannot_hold_are_named(tmp_path, entries, message):
+    path = str(tmp_path / "odd.npz")
+    save_checkpoint(path, {}, {"w": np.zeros(2, np.float32)}, {})
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    np.savez(path, **dict(arrays, **entries))
+    with pytest.raises(CheckpointError, match=f"{path}: {message}"):
+        load_checkpoint(path)
 
 
 def test_weights_must_fit_exactly():

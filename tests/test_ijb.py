@@ -155,6 +155,22 @@ def test_a_malformed_meta_line_is_named_by_file_and_line(tmp_path, meta, line, t
         load_ijb(str(tmp_path), "IJBC")
 
 
+@pytest.mark.parametrize("label, counts", [("1", "6 same and 0 different"), ("0", "0 same and 60 different")])
+def test_a_pair_file_of_one_kind_is_refused_before_any_embedding(tmp_path, label, counts):
+    """With genuine pairs alone TAR would read 1.0 at every FAR and AUC nan; the command stops naming the file."""
+    build_ijb(str(tmp_path / "IJBC"))
+    pairs_file = tmp_path / "IJBC" / "meta" / "ijbc_template_pair_label.txt"
+    pairs_file.write_text("".join(line for line in pairs_file.read_text().splitlines(True) if line.split()[2] == label))
+    with pytest.raises(DataError, match=f"{pairs_file}: {counts} pairs; verification is scored on pairs of both kinds"):
+        load_ijb(str(tmp_path / "IJBC"))
+    plain, _ = write_checkpoints(tmp_path)
+    result = subprocess.run([sys.executable, EVAL, "--checkpoint", plain, "--ijb", str(tmp_path / "IJBC"),
+                             "--outdir", str(tmp_path / "out"), "--workers_id", "cpu"], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == \
+        f"error: {pairs_file}: {counts} pairs; verification is scored on pairs of both kinds"
+
+
 def test_missing_images_and_missing_meta_files_stop_the_evaluation(tmp_path):
     build_ijb(str(tmp_path / "IJBB"), "ijbb")
     os.remove(tmp_path / "IJBB" / "loose_crop" / "4.jpg")

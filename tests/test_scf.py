@@ -9,7 +9,7 @@ import pytest
 
 from backbone import build_backbone_from_config
 from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
-from data.image_list import read_image_list
+from data.image_list import DataError, read_image_list
 from train.checkpoint import load_checkpoint, module_arrays, save_checkpoint
 from train.config import SFACE, configure
 
@@ -103,6 +103,17 @@ def test_a_checkpoint_without_class_centres_is_refused(tmp_path, tiny_face_set):
     result = subprocess.run([sys.executable, QUALITY_CHECK, "--checkpoint", path, "--target", "unused"],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "weights_only.npz: not an SCF checkpoint" in result.stderr
+
+
+def test_images_of_one_class_are_refused_before_training(tmp_path):
+    """As for SFace runs: a confidence learnt on one identity's images, against one centre, says nothing."""
+    import train_SCF_jittor
+    from conftest import copy_demo_faces
+    data_root, _ = copy_demo_faces(tmp_path / "data", classes=1, per_class=8)  # a batch
+    path = weights_checkpoint(tmp_path / "one_centre.npz", {"weight": np.ones((1, 512), np.float32)})
+    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: images of 1 class \\(1 declared\\)"):
+        train_SCF_jittor.main(scf_args(path, data_root, tmp_path / "scf", "--max_steps", "1")[1:])
+    assert not os.path.exists(tmp_path / "scf" / "last.npz")
 
 
 def test_a_resumed_scf_run_takes_the_overridable_options_it_is_given(frozen_model, tmp_path):

@@ -113,6 +113,18 @@ def test_a_bad_image_list_stops_before_training(tmp_path):
     assert "imgs.txt:2: expected '<relative path> <label>'" in result.stderr
 
 
+@pytest.mark.parametrize("declared", [1, 3])
+def test_images_of_one_class_are_refused_before_training(tmp_path, declared):
+    import train_SFace_jittor
+    data_root, _ = copy_demo_faces(tmp_path / "data", classes=1, per_class=4)
+    (data_root / "property").write_text(f"{declared},112,112\n")
+    outdir = tmp_path / "run"
+    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: images of 1 class \\({declared} declared\\); "
+                                        "training a recognition model needs images of at least 2 classes"):
+        train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none", "--epochs", "1"))
+    assert not {"config.json", "metrics.jsonl", "last.npz"} & set(os.listdir(outdir))
+
+
 def run_until(args, predicate, timeout=600):
     """Start a training process and SIGKILL it once predicate() holds."""
     # Jittor's SIGCHLD handler quick-exits any process that imported it when a child dies
@@ -242,7 +254,7 @@ def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(finished_run, tmp_
     before = folder_bytes(outdir)
     with pytest.raises(OutputError, match=f"{outdir}: holds the checkpoints of an earlier run \\(last.npz\\), "
                                           f"which a new run would replace; continue that run with --resume {outdir}"):
-        train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none"))
+        train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none", "--epochs", "1"))
     assert folder_bytes(outdir) == before
 
 

@@ -1,7 +1,7 @@
 """The 10-fold verification protocol against hand-computed cases and scikit-learn."""
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
 from evaluation.protocol import (EUCLIDEAN_THRESHOLDS, contiguous_folds, flip_fused, kfold_accuracy, pair_distances,
@@ -68,6 +68,56 @@ def test_tar_at_far_auc_and_eer():
     # accepting distance <= the threshold gives exactly that TAR at no more than that FAR
     assert roc["threshold_at_far"] == {0.0: pytest.approx(0.3), 0.25: pytest.approx(0.9)}
     assert roc_figures(distances[::-1], ~issame[::-1], far_targets=(0.0,))["threshold_at_far"] == {0.0: None}
+
+
+def test_the_threshold_at_far_does_not_depend_on_which_roc_points_are_corners():
+    # 2 same pairs then 8 different ones; FAR 0.5 allows 4 false accepts: accepting <= 0.7 does, 0.8 would not.
+    # Moving one different pair from 0.6 to 0.65 changes which points are corners, not the operating point.
+    issame = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    distances = np.array([.1, .2, .5, .6, .6, .7, .8, .9, 1, 1.1])
+    moved = np.where(np.arange(10) == 4, 0.65, distances)
+    for d in (distances, moved):
+        roc = roc_figures(d, issame, far_targets=(0.5,))
+        assert roc["tar_at_far"] == {0.5: 1.0} and roc["threshold_at_far"] == {0.5: 0.7}
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_roc_of_one_kind_of_pairs_is_an_error_not_nan(same):
+    with pytest.raises(ValueError, match="a ROC needs same and different pairs"):
+        roc_figures(np.linspace(0, 2, 20), np.full(20, same))
+
+
+def roc_by_brute_force(distances, issame, far_targets):
+    """Every distinct distance tried as "accept when distance <= threshold" -> ({far: TAR}, {far: threshold})."""
+    candidates = np.unique(distances)
+    accepted = distances[None, :] <= candidates[:, None]
+    far = (accepted & ~issame).sum(axis=1) / (~issame).sum()
+    tar = (accepted & issame).sum(axis=1) / issame.sum()
+    within = {target: far <= target for target in far_targets}
+    return ({target: float(tar[ok].max()) if ok.any() else 0.0 for target, ok in within.items()},
+            {target: float(candidates[ok].max()) if ok.any() else None for target, ok in within.items()})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tar_threshold_auc_and_eer_against_every_threshold_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    issame = rng.random(300) < rng.uniform(0.2, 0.6)
+    # on a coarse grid: ties within and across the classes, and runs of collinear ROC points
+    distances = np.round(np.where(issame, rng.normal(0.9, 0.35, 300), rng.normal(1.5, 0.3, 300)), 2)
+    negatives = (~issame).sum()
+    far_targets = (0.0, 1 / negatives, 3 / negatives, 0.01, 0.05, 0.1, 0.3, 0.5, 1.0)
+    roc = roc_figures(distances, issame, far_targets)
+    tar, threshold = roc_by_brute_force(distances, issame, far_targets)
+    assert roc["tar_at_far"] == tar and roc["threshold_at_far"] == threshold
+    assert roc["auc"] == pytest.approx(roc_auc_score(issame, -distances), abs=1e-12)
+    corners_fpr, corners_tpr, _ = roc_curve(issame, -distances)  # scikit-learn's own curve of corners
+    assert roc["eer"] == pytest.approx(np.interp(0.0, corners_fpr - (1.0 - corners_tpr), corners_fpr), abs=1e-12)
+    # the curve returned for plots is the whole curve's line, through fewer of its points; both coordinates rise
+    # along it, so their sum places a point on it
+    full_fpr, full_tpr, _ = roc_curve(issame, -distances, drop_intermediate=False)
+    assert set(zip(roc["fpr"], roc["tpr"])) <= set(zip(full_fpr, full_tpr)) and len(roc["fpr"]) < len(full_fpr)
+    for drawn, full in ((roc["fpr"], full_fpr), (roc["tpr"], full_tpr)):
+        np.testing.assert_allclose(np.interp(full_fpr + full_tpr, roc["fpr"] + roc["tpr"], drawn), full, atol=1e-12)
 
 
 def test_flip_fusion_distances_and_xnorm():

@@ -146,12 +146,28 @@ def test_a_bin_claiming_more_bytes_than_it_holds_is_refused_before_any_allocatio
 def test_targets_resolve_by_name_or_path(tmp_path):
     make_folder(tmp_path / "mylfw")
     with open(tmp_path / "agedb_30.bin", "wb") as f:
-        pickle.dump(([jpeg(10), jpeg(20)], [False]), f)
+        pickle.dump(([jpeg(10), jpeg(20), jpeg(30), jpeg(30)], [False, True]), f)
     assert load_target("agedb_30", str(tmp_path)).name == "agedb_30"
     assert load_target("mylfw", str(tmp_path)).name == "mylfw"
-    assert load_target(str(tmp_path / "agedb_30.bin"), "/nowhere").issame.tolist() == [False]
+    assert load_target(str(tmp_path / "agedb_30.bin"), "/nowhere").issame.tolist() == [False, True]
     with pytest.raises(DataError, match="verification target 'cplfw' not found: looked for .*cplfw.bin"):
         load_target("cplfw", str(tmp_path))
+
+
+def test_a_target_with_pairs_of_one_kind_is_refused_naming_its_file(tmp_path):
+    """No ROC without same and different pairs; the readers themselves (and the converters) take such sets."""
+    same_only = "Ann_A\t1\t2\nCy_C\t1\t2\n"
+    make_folder(tmp_path / "same", pairs_text=same_only)
+    assert load_pairs_folder(str(tmp_path / "same")).issame.tolist() == [True, True]
+    with pytest.raises(DataError, match=f"{tmp_path / 'same' / 'pairs.txt'}: 2 same and 0 different pairs; "
+                                        "verification is scored on pairs of both kinds"):
+        load_target(str(tmp_path / "same"), "/nowhere")
+    for issame, counts in (([False, False], "0 same and 2 different"), ([], "0 same and 0 different")):
+        with open(tmp_path / "one.bin", "wb") as f:
+            pickle.dump(([jpeg(10)] * 2 * len(issame), issame), f)
+        assert load_bin(str(tmp_path / "one.bin")).issame.tolist() == issame
+        with pytest.raises(DataError, match=f"{tmp_path / 'one.bin'}: {counts} pairs"):
+            load_target("one", str(tmp_path))
 
 
 def test_official_lfw_pairs_file():

@@ -39,6 +39,7 @@ OFFICIAL_JITTOR_INPUT_NORM = [127.5, 0.078125]
 MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 
 
+PARTS = ("backbone", "head", "optimizer")  # the array entries: <part>/<name>
 TEMPORARY = ".tmp"  # a checkpoint being written: <name>.tmp<PID>, renamed to <name> once whole
 
 
@@ -64,7 +65,7 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
     tmp = f"{path}{TEMPORARY}{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +74,17 @@ def save_checkpoint(path, meta, backbone, head, optimizer_state=None):
             os.remove(tmp)  # a partial file would keep a full disk full
         kept = f"the previous {path} is intact" if os.path.exists(path) else "no earlier checkpoint was there"
         raise OutputError(f"{path}: cannot write the checkpoint ({e.strerror or e}); {kept}") from None
+
+
+def write_npz(file, arrays):
+    """`arrays` into the open binary `file` as np.savez lays them out, the archive closed even when a write fails.
+
+    (np.savez leaves its ZipFile open on an error; closed later, once `file` is, it prints a traceback.)
+    """
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(value), allow_pickle=False)
 
 
 def make_outdir(path):
@@ -117,14 +129,28 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
-    meta = json.loads(str(arrays.pop("meta")))
+    meta = read_meta(path, arrays.pop("meta"))
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format '{meta.get('format')}'")
-    parts = {"backbone": {}, "head": {}, "optimizer": {}}
+    parts = {part: {} for part in PARTS}
     for key, value in arrays.items():
-        part, name = key.split("/", 1)
+        part, _, name = key.partition("/")
+        if part not in parts or not name:
+            raise CheckpointError(f"{path}: unexpected entry '{key}' (a checkpoint holds 'meta' and arrays "
+                                  f"under {', '.join(f'{p}/' for p in PARTS)})")
         parts[part][name] = value
     return {"meta": meta, **parts}
+
+
+def read_meta(path, value):
+    """The `meta` entry of checkpoint `path` -> its JSON object; CheckpointError naming the file otherwise."""
+    try:
+        meta = json.loads(str(value))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the 'meta' entry is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the 'meta' entry is not a JSON object")
+    return meta
 
 
 def load_weights(module, arrays, source):

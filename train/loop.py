@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
 from data.loader import BatchLoader
-from data.training_sets import check_resumed_data, data_identity, open_training_set
+from data.training_sets import (check_resumed_data, check_trainable, classes_with_images, data_identity,
+                                open_training_set)
 from util import distributed
 
 from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
@@ -42,6 +43,7 @@ class Run:
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
         self.window = TrainWindow(meta.get("window"), a=cfg.get("head_params", {}).get("a"))  # only SFace has an a
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
+        check_trainable(self.dataset)
         if checkpoint is not None:
             old_root = checkpoint["meta"]["config"]["data_root"]
             check_resumed_data(self.dataset, cfg.get("data"), old_root, moved(old_root, cfg["data_root"]))
@@ -52,7 +54,7 @@ class Run:
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
                       self.dataset.source, len(self.dataset), self.dataset.num_classes,
-                      len(np.unique(self.dataset.labels[self.dataset.labels >= 0])), len(self.loader),
+                      classes_with_images(self.dataset), len(self.loader),
                       cfg["batch_size"])
 
     def add_label_noise(self):

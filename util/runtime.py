@@ -9,10 +9,15 @@ With a GPU (or `SFACE_CUDA=1`, to build the CUDA code where there is none), Jitt
 the CUDA home and settings that `install/jittor_cuda.py home` (run by setup.sh) recorded:
 its nvcc, NCCL, and the switches that keep it from downloading anything.
 
-Under mpirun, `--workers_id 0,1` means rank r uses the r-th listed GPU (cycling when there
-are more ranks than ids, e.g. `--workers_id 0` puts every rank on GPU 0). Jittor picks
-its device from the local rank among the visible GPUs, so each rank is shown only its own
-GPU (CUDA_VISIBLE_DEVICES), and the ids count within what was visible before.
+Under mpirun, `--workers_id 0,1` means the rank r of a machine uses the r-th listed GPU of that
+machine (cycling when it runs more ranks than ids, e.g. `--workers_id 0` puts every rank on its
+machine's GPU 0). r is the node-local rank the launcher exports: OMPI_COMM_WORLD_LOCAL_RANK
+(Open MPI), MPI_LOCALRANKID (MPICH, Intel MPI), PMI_LOCAL_RANK, PMIX_LOCAL_RANK, or SLURM_LOCALID
+(srun; looked at last, as an mpirun inside a Slurm job passes on its own). Where none of them is
+set, the global rank stands in for it, which is right on one machine only: across machines two
+ranks of one machine may then share a GPU. Jittor picks its device from the local rank among the
+visible GPUs, so each rank is shown only its own GPU (CUDA_VISIBLE_DEVICES), and the ids count
+within what was visible before.
 
 On the CPU, kernels are compiled one at a time (`use_parallel_op_compiler=0`): Jittor 1.3.11's
 parallel kernel compiler crashed here (SIGSEGV in a compile thread, 'C0' or 'C4') in about 1 of 100
@@ -29,6 +34,9 @@ import subprocess
 import sys
 
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+# A rank's place among those on its machine, by launcher; SLURM_LOCALID last (see above).
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK",
+                        "SLURM_LOCALID")
 CUDA_SETTINGS = os.path.join(os.path.expanduser("~"), ".cache", "sface-jittor", "cuda.json")
 
 
@@ -54,7 +62,8 @@ def option_value(argv, name):
 
 
 def rank_gpu(rank, workers_id, visible):
-    """The CUDA_VISIBLE_DEVICES value for MPI rank `rank`, or None to leave the GPUs as they are.
+    """The CUDA_VISIBLE_DEVICES value for the rank `rank` of a machine (`gpu_rank`), or None to leave the GPUs
+    as they are.
 
     workers_id: the --workers_id text ('0,1', 'cpu', 'auto' or None); visible: CUDA_VISIBLE_DEVICES or None.
     """
@@ -68,11 +77,20 @@ def rank_gpu(rank, workers_id, visible):
     return devices[chosen] if devices is not None else str(chosen)
 
 
-def mpi_rank_from_environment():
-    for variable in RANK_VARIABLES:
-        if variable in os.environ:
-            return int(os.environ[variable])
+def first_integer(environ, variables):
+    """The value of the first of `variables` set in `environ`, as an int; None if none is set."""
+    for variable in variables:
+        if variable in environ:
+            return int(environ[variable])
     return None
+
+
+def gpu_rank(environ=os.environ):
+    """The rank that picks this process's GPU from --workers_id: its node-local MPI rank, else its global rank
+    (when the launcher names no local rank), else None (not under MPI)."""
+    rank = first_integer(environ, RANK_VARIABLES)
+    local = first_integer(environ, LOCAL_RANK_VARIABLES)
+    return rank if rank is None or local is None else local
 
 
 def apply_cuda_settings(path=CUDA_SETTINGS):
@@ -97,7 +115,7 @@ def configure_jittor_env(argv=None):
     if os.environ.get("nvcc_path") == "":
         os.environ.setdefault("use_parallel_op_compiler", "0")  # the CPU build (see above)
         return
-    rank = mpi_rank_from_environment()
+    rank = gpu_rank()
     apply_cuda_settings()
     # One process is rank 0, so `--workers_id 1` there means GPU 1.
     gpu = rank_gpu(0 if rank is None else rank, option_value(argv if argv is not None else sys.argv, "--workers_id"),
