@@ -168,6 +168,30 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
         backbone_onnx(build_backbone("SphereFace4"), (112, 96), opset=7)
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, monkeypatch):
+    from tools import export_onnx
+    weights_only = str(tmp_path / "weights.npz")  # what an export would stop at: the output is checked first
+    save_checkpoint(weights_only, {}, {"w": np.zeros(2, np.float32)}, {})
+    (tmp_path / "file").write_text("")
+    for out, message in ((str(tmp_path), f"{tmp_path}: a folder; --out names the .onnx file to write"),
+                         (str(tmp_path / "file" / "x.onnx"), f"{tmp_path / 'file'}: exists and is not a folder"),
+                         ("/proc/sface/x.onnx", "/proc/sface: cannot create the output folder")):
+        with pytest.raises(SystemExit) as stop:
+            export_onnx.main(["--checkpoint", weights_only, "--out", out])
+        assert str(stop.value.code).startswith(f"error: {message}"), stop.value.code
+    checkpoint = str(tmp_path / "mfn.npz")
+    save_checkpoint(checkpoint, {"config": {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112",
+                                            "embedding_size": 128}}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)), {})
+
+    def full_disk(proto, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(export_onnx.onnx, "save", full_disk)
+    out = str(tmp_path / "new" / "mfn.onnx")
+    with pytest.raises(SystemExit) as stop:
+        export_onnx.main(["--checkpoint", checkpoint, "--out", out])
+    assert stop.value.code == f"error: {out}: cannot write the model (No space left on device)"
+
+
 def test_the_imported_insightface_model_through_opencv_on_real_lfw_faces(tmp_path):
     """Real weights on real faces: the imported checkpoint, exported by the tools, fed to FaceRecognizerSF."""
     source = shared_path("insightface-mobilefacenet")
