@@ -17,7 +17,7 @@ import pytest
 from jittor import nn
 
 from backbone import build_backbone
-from conftest import DEMO_ROOT, REPO_ROOT, shared_path, small_pairs_folder
+from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
 from interop.onnx_export import ExportError, backbone_onnx
 from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
@@ -270,3 +270,14 @@ def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_pat
     assert result.returncode == 1
     assert f"error: {big}: a 250x250 image, the model takes aligned 112x112 faces" in result.stderr
     assert "alignCrop" in result.stderr
+
+
+def test_verify_faces_names_an_image_opencv_refuses_to_decode(exported, tmp_path):
+    from tools import verify_faces
+    huge = str(tmp_path / "huge.png")
+    with open(huge, "wb") as f:
+        f.write(oversized_png())  # its header claims 40000x40000 pixels
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    with pytest.raises(SystemExit) as stop:
+        verify_faces.main([face, huge, "--model", exported[1], "--threshold", "0.3"])
+    assert stop.value.code == f"error: {huge}: not a decodable image"
