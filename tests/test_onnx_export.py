@@ -19,7 +19,7 @@ from jittor import nn
 from backbone import build_backbone
 from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
-from interop.onnx_export import ExportError, backbone_onnx
+from interop.onnx_export import ExportError, backbone_onnx, onnx_input_size
 from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
 from train.model import load_model
 
@@ -190,6 +190,33 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, mo
     with pytest.raises(SystemExit) as stop:
         export_onnx.main(["--checkpoint", checkpoint, "--out", out])
     assert stop.value.code == f"error: {out}: cannot write the model (No space left on device)"
+
+
+def identity_model(path, input_shape):
+    """An .onnx passing its one input (of `input_shape`, None: no input at all) through."""
+    io = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, input_shape) for name in ("x", "y")]
+    nodes = [onnx.helper.make_node("Identity", ["x"], ["y"])] if input_shape else []
+    graph = onnx.helper.make_graph(nodes, "identity", io[:1] if input_shape else [], io[1:] if input_shape else [])
+    onnx.save(onnx.helper.make_model(graph), path)
+    return path
+
+
+def test_an_onnx_file_without_an_image_input_is_refused_by_name(tmp_path):
+    from tools import eval_opencv, verify_faces
+    empty = str(tmp_path / "empty.onnx")
+    open(empty, "wb").close()
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    message = f"error: {empty}: an ONNX model without inputs (an empty file?); export one with tools/export_onnx.py"
+    for main, args in ((verify_faces.main, [face, face, "--threshold", "0.3"]),
+                       (eval_opencv.main, ["--target", os.path.join(DEMO_ROOT, "lfw_demo")])):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--model", empty])
+        assert stop.value.code == message
+    for shape, problem in ((None, "an ONNX model without inputs"), ([1, 128], "input 'x' has 2 dimensions, not N x 3"),
+                           ([1, 3, "height", "width"], "input 'x' has no fixed height and width")):
+        path = identity_model(str(tmp_path / "odd.onnx"), shape)
+        with pytest.raises(ExportError, match=f"odd.onnx: {problem}"):
+            onnx_input_size(path)
 
 
 def test_the_imported_insightface_model_through_opencv_on_real_lfw_faces(tmp_path):
