@@ -180,8 +180,8 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, mo
             export_onnx.main(["--checkpoint", weights_only, "--out", out])
         assert str(stop.value.code).startswith(f"error: {message}"), stop.value.code
     checkpoint = str(tmp_path / "mfn.npz")
-    save_checkpoint(checkpoint, {"config": {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112",
-                                            "embedding_size": 128}}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)), {})
+    config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128}
+    save_checkpoint(checkpoint, {"config": config}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)), {})
 
     def full_disk(proto, path):
         raise OSError(28, "No space left on device")
@@ -261,6 +261,22 @@ def test_opencv_scores_a_pair_set_as_the_jittor_evaluation_does(exported, tmp_pa
                       os.path.join(outdir, "results.json"), "--tolerance", "0")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "40 pairs through cv2.FaceRecognizerSF" in result.stdout and "difference 0.000 points" in result.stdout
+
+
+def test_eval_opencv_checks_the_results_it_compares_with_before_scoring(exported, tmp_path, monkeypatch):
+    from tools import eval_opencv
+    monkeypatch.setattr(eval_opencv, "opencv_features", lambda *args: pytest.fail("scored before checking --compare"))
+    pairs = small_pairs_folder(str(tmp_path / "pairs"))
+    missing, not_json, other = (str(tmp_path / name) for name in ("missing.json", "cut.json", "other.json"))
+    with open(not_json, "w") as f:
+        f.write('{"checkpoint": "x.npz", "resu')  # a file cut short
+    with open(other, "w") as f:
+        json.dump({"checkpoint": "x.npz", "results": [{"target": "agedb_30", "accuracy": 0.9}]}, f)
+    for path, message in ((missing, "cannot read (No such file or directory)"), (not_json, "not JSON ("),
+                          (other, "no results for target 'pairs'; it has agedb_30")):
+        with pytest.raises(SystemExit) as stop:
+            eval_opencv.main(["--model", exported[1], "--target", pairs, "--compare", path])
+        assert str(stop.value.code).startswith(f"error: {path}: {message}"), stop.value.code
 
 
 def verify(*args):

@@ -11,7 +11,6 @@ without --threshold, the one of an eval_SFace_jittor.py results.json for the tar
 default; a squared distance d is the cosine 1 - d/2). An .onnx runs in onnxruntime, a .npz in Jittor.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ import onnxruntime as ort  # noqa: E402
 
 from data.image_list import decode_image, fit_input_size  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
+from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from train.checkpoint import CheckpointError  # noqa: E402
@@ -75,24 +75,13 @@ def read_face(path, input_hw):
     return face
 
 
-def read_results(path):
-    try:
-        with open(path) as f:
-            results = json.load(f)
-        return results["checkpoint"], {r["target"]: r for r in results["results"]
-                                       if not r["target"].endswith(SCF_TARGET_SUFFIX)}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a readable results.json of eval_SFace_jittor.py ({e!r})") from None
-
-
 def evaluation_threshold(results_path, target, far):
     """-> (cosine threshold, where it comes from, the checkpoint evaluated) out of a results.json."""
     checkpoint, rows = read_results(results_path)
+    rows = {name: row for name, row in rows.items() if not name.endswith(SCF_TARGET_SUFFIX)}
     if target is None and len(rows) != 1:
         raise UsageError(f"{results_path}: choose a target with --target: {', '.join(rows)}")
-    row = rows.get(target or next(iter(rows)))
-    if row is None:
-        raise UsageError(f"{results_path}: no results for target '{target}'; it has {', '.join(rows)}")
+    row = target_row(results_path, rows, target or next(iter(rows)))
     if far is None:
         distance, how = row["threshold"], "the best-accuracy threshold (10-fold mean)"
     else:
@@ -135,7 +124,7 @@ def main(argv=None):
         if threshold is None and (args.results or os.path.isfile(results)):
             threshold, how, evaluated = evaluation_threshold(results, args.target,
                                                                 None if args.best_accuracy else args.far)
-    except (CheckpointError, ExportError, UsageError) as e:  # the message names the file at fault
+    except (CheckpointError, ExportError, ResultsError, UsageError) as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     print(f"cosine similarity {similarity:.4f}")
     if threshold is None:
