@@ -306,6 +306,20 @@ def test_verify_faces_takes_its_threshold_from_the_evaluation(exported, tmp_path
     assert unreachable.returncode == 1 and "no threshold keeps FAR at 0.0001" in unreachable.stderr
 
 
+def test_a_threshold_far_or_tolerance_that_is_no_usable_number_is_refused(capsys):
+    from tools import eval_opencv, verify_faces
+    faces = [os.path.join(DEMO_ROOT, "images", f) for f in DEMO_FACES]
+    for main, args, message in (
+            (verify_faces.main, ["--threshold", "nan"], "argument --threshold: must be a finite number, got 'nan'"),
+            (verify_faces.main, ["--far", "0"], "argument --far: must be a false-accept rate in (0, 1], got '0'"),
+            (verify_faces.main, ["--far", "1.5"], "argument --far: must be a false-accept rate in (0, 1]"),
+            (verify_faces.main, ["--far", "inf"], "argument --far: must be a finite number, got 'inf'"),
+            (eval_opencv.main, ["--target", "lfw", "--tolerance", "nan"], "argument --tolerance: must be a finite")):
+        with pytest.raises(SystemExit) as stop:
+            main([*(faces if main is verify_faces.main else []), *args, "--model", "unused.onnx"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_path):
     big = str(tmp_path / "photo.png")
     cv2.imwrite(big, np.zeros((250, 250, 3), np.uint8))

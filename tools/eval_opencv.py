@@ -27,6 +27,7 @@ from data.verification_sets import load_target  # noqa: E402
 from evaluation.protocol import flip_fused, pair_distances, verification_report  # noqa: E402
 from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
+from train.config import finite_float  # noqa: E402
 
 FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the image
 
@@ -55,7 +56,8 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) of a 112x112 model")
     p.add_argument("--target", required=True, help="a .bin file or a folder holding pairs.txt + images/")
     p.add_argument("--compare", help="a results.json of eval_SFace_jittor.py to compare with")
-    p.add_argument("--tolerance", type=float, default=0.05, help="largest accuracy difference in points (default 0.05)")
+    p.add_argument("--tolerance", type=finite_float, default=0.05,
+                   help="largest accuracy difference in points (default 0.05)")
     args = p.parse_args(argv)
     try:
         height, width = onnx_input_size(args.model)

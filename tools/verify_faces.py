@@ -27,6 +27,7 @@ from evaluation.results_file import ResultsError, read_results, target_row  # no
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from train.checkpoint import CheckpointError  # noqa: E402
+from train.config import finite_float  # noqa: E402
 from train.model import load_model  # noqa: E402
 
 ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
@@ -36,6 +37,14 @@ DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jit
 
 class UsageError(ValueError):
     """Bad input to this tool; the message names the file."""
+
+
+def false_accept_rate(text):
+    """--far's type: a rate in (0, 1]."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a false-accept rate in (0, 1], got '{text}'")
+    return value
 
 
 def onnx_embedder(path):
@@ -109,11 +118,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs=2, metavar="IMAGE", help="two aligned face images")
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) or a .npz checkpoint")
-    p.add_argument("--threshold", type=float, help="cosine similarity from which two faces count as the same person")
+    p.add_argument("--threshold", type=finite_float,
+                   help="cosine similarity from which two faces count as the same person")
     p.add_argument("--results", help=f"an eval_SFace_jittor.py results.json to take the threshold from "
                                      f"(default: {DEFAULT_RESULTS} when it exists)")
     p.add_argument("--target", help="which of its targets (needed when it holds several)")
-    p.add_argument("--far", type=float, default=FAR_TARGETS[0],
+    p.add_argument("--far", type=false_accept_rate, default=FAR_TARGETS[0],
                    help="take the evaluation's threshold at this false-accept rate (default: %(default)g)")
     p.add_argument("--best_accuracy", action="store_true", help="take its best-accuracy threshold instead")
     args = p.parse_args(argv)
