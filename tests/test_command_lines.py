@@ -109,3 +109,15 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
     assert str(stop.value.code).startswith("error: this run ended with exit status 3 (its messages are above): ")
     assert "train_SFace_jittor.py --data_mode demo --head ArcFace --label_noise 0.2" in stop.value.code
     assert f"--outdir {tmp_path / 'runs' / 'ArcFace-noise20'}" in stop.value.code
+
+
+def test_the_benchmark_checks_its_flags_before_any_work(capsys):
+    import benchmark
+    for args, message in ((["--batch_size", "0"], "--batch_size must be positive, got 0"),
+                          (["--net", "ResNet9000"], "unknown backbone 'ResNet9000'; choose from"),
+                          (["--rounds", "0"], "--rounds must be positive, got 0"),
+                          (["--steps", "0"], "--steps must be positive, got 0"),
+                          (["--warmup", "-1"], "--warmup must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as stop:
+            benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
+        assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args
