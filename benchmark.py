@@ -39,11 +39,12 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from backbone import build_backbone_from_config, cpu_layers
+from backbone import build_backbone_from_config, check_backbone, cpu_layers
 from backbone.common import count_parameters
 from data.convert import rec_to_images
 from data.image_list import ImageListDataset, parse_size, read_image_list
 from data.loader import BatchLoader
+from train.config import check_ranges
 from train.model import build_model
 from train.optim import SGD, reference_sgd
 from train.steps import sface_step
@@ -203,11 +204,11 @@ def measure(args):
     return {"seconds": seconds, "peak_bytes": peak, "live_bytes": live_peak_bytes(step)}
 
 
-def measured(what, rounds):
+def measured(what, rounds, argv):
     """{what: [(seconds, peak bytes, live bytes or None) per round]}, each figure in a new process of this
-    script, interleaved."""
+    script (given this one's `argv`), interleaved."""
     results = {w: [] for w in what}
-    command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    command = [sys.executable, os.path.abspath(__file__), *argv]
     for _ in range(rounds):
         for w in what:
             out = subprocess.run(command + ["--measure", w], capture_output=True, text=True)
@@ -293,7 +294,7 @@ def distributed_report(args):
           f"{3 * head_rows * args.embedding_size * 4 / 1e6:.1f} MB")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", default="IR_50")
     p.add_argument("--batch_size", type=int, default=32)
@@ -319,9 +320,13 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the measuring processes; each "
                                                          "figure is the median over them (default: 1)")
     p.add_argument("--measure", choices=sorted([*STEPS, *DATA_JOBS]), help=argparse.SUPPRESS)  # one figure, in this process
-    args = p.parse_args()
-    try:
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what each measuring process is given
+    try:  # before any work
         args.input_hw = parse_size(args.input_size)
+        check_backbone(args.net, args.input_hw)
+        check_ranges(vars(args), ("batch_size", "embedding_size", "num_classes", "steps", "rounds", "num_workers",
+                                  "processes"), ("warmup",))
     except ValueError as e:
         p.error(str(e))
     device = distributed.select_device(args.workers_id)
@@ -346,7 +351,7 @@ def report(args, device):
                                   ("jittors_layers", args.compare_jittors_layers)) if flag]
     what = ["train", *compared, "backbone", "embed",
             *(["loader"] if args.data_root else []), *(["rec"] if args.rec else [])]
-    results = measured(what, args.rounds)
+    results = measured(what, args.rounds, args.argv)
     seconds, peak, live = ({w: statistics.median(r[i] for r in rs) if rs[0][i] is not None else None
                             for w, rs in results.items()} for i in range(3))
     b = args.batch_size

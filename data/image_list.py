@@ -177,14 +177,18 @@ def jpeg_is_whole(data):
 
 
 def decode_image(data):
-    """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image (an empty file included).
+    """Encoded bytes -> H x W x 3 uint8 RGB, or None when they are not a whole image OpenCV decodes (an empty
+    file and a header OpenCV refuses included).
 
     The one decoder of training, the data tools and evaluation: validity is decided by decoding,
     and for a JPEG by its segments reaching the end-of-image marker (see jpeg_is_whole).
     """
     if not data or data[:2] == bytes((0xFF, SOI)) and not jpeg_is_whole(data):
         return None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # a header OpenCV refuses, e.g. one claiming more than CV_IO_MAX_IMAGE_PIXELS pixels
+        return None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

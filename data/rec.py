@@ -34,7 +34,12 @@ class RecordError(ValueError):
 
 
 def read_idx(path):
-    """`key<TAB>offset` lines -> (keys, offsets) as int64 arrays sorted by key."""
+    """`key<TAB>offset` lines -> (keys int64, offsets uint64) arrays sorted by key.
+
+    An offset is any 64-bit unsigned value, as mxnet writes it; one past the end of train.rec
+    is a bad record, reported when read. (Take elements out with int() or tolist() before
+    arithmetic: under numpy 1.x a uint64 plus a Python int is a float.)
+    """
     keys, offsets = [], []
     for line_number, line in text_lines(path):
         fields = line.split()
@@ -42,16 +47,16 @@ def read_idx(path):
             continue
         try:
             key, offset = (int(v) for v in fields)
-            if key < 0 or offset < 0:
+            if not (0 <= key < 2 ** 63 and 0 <= offset < 2 ** 64):
                 raise ValueError
         except ValueError:
-            raise DataError(f"{path}:{line_number}: expected '<key><TAB><offset>' (two non-negative "
+            raise DataError(f"{path}:{line_number}: expected '<key><TAB><offset>' (two non-negative 64-bit "
                             f"integers), got '{line.strip()}'") from None
         keys.append(key)
         offsets.append(offset)
     if not keys:
         raise DataError(f"{path}: the index holds no records")
-    keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+    keys, offsets = np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.uint64)
     order = np.argsort(keys, kind="stable")
     keys, offsets = keys[order], offsets[order]
     repeated = np.flatnonzero(keys[1:] == keys[:-1])
@@ -69,6 +74,9 @@ def read_record(fd, offset):
 
     os.pread has no shared file position, so threads may read one descriptor at once.
     """
+    size = os.fstat(fd).st_size
+    if offset >= size:  # an index offset no pread can take (2^63 and more) included
+        raise RecordError(f"the offset is beyond the last byte of the file ({size} bytes)")
     parts, position = [], offset
     while True:
         frame = os.pread(fd, FRAME.size, position)
@@ -80,7 +88,7 @@ def read_record(fd, offset):
         flag, length = word >> 29, word & LENGTH_MASK
         if flag not in ((WHOLE, FIRST) if not parts else (MIDDLE, LAST)):
             raise RecordError(f"continuation flag {flag} at byte {position} out of sequence")
-        available = os.fstat(fd).st_size - position - FRAME.size  # before reading: a corrupt length can be huge
+        available = size - position - FRAME.size  # before reading: a corrupt length can be huge
         if available < length:
             raise RecordError(f"truncated: {available} of {length} payload bytes before the end of the file")
         parts.append(os.pread(fd, length, position + FRAME.size))
@@ -138,7 +146,7 @@ def read_label(fd, offset):
     Reading every label of a large set (MS1MV2: 5.8M records, 3.8 GB) this way touches one
     small block per record instead of every image.
     """
-    prefix = os.pread(fd, LABEL_PREFIX, offset)
+    prefix = os.pread(fd, LABEL_PREFIX, offset) if offset < os.fstat(fd).st_size else b""
     if len(prefix) == LABEL_PREFIX:
         magic, word = FRAME.unpack_from(prefix)
         if magic == MAGIC and word & LENGTH_MASK >= LABEL_PREFIX - FRAME.size:

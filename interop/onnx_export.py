@@ -231,9 +231,19 @@ def backbone_onnx(backbone, input_hw, batch=1, opset=DEFAULT_OPSET, source="back
 
 
 def onnx_input_size(path):
-    """(H, W) of the faces an exported model takes."""
+    """(H, W) of the faces an exported model takes; ExportError naming the file unless it takes N x C x H x W."""
     try:
-        dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+        graph = onnx.load(path).graph
     except (OSError, DecodeError) as e:
         raise ExportError(f"{path}: not a readable ONNX model ({e})") from None
-    return tuple(d.dim_value for d in dims[2:])
+    if not graph.input:  # what an empty file parses to
+        raise ExportError(f"{path}: an ONNX model without inputs (an empty file?); export one with "
+                          f"tools/export_onnx.py")
+    first = graph.input[0]
+    dims = first.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ExportError(f"{path}: input '{first.name}' has {len(dims)} dimensions, not N x 3 x H x W images")
+    size = tuple(d.dim_value for d in dims[2:])
+    if min(size) <= 0:
+        raise ExportError(f"{path}: input '{first.name}' has no fixed height and width")
+    return size

@@ -1,7 +1,9 @@
 """Shared fixtures. Tests run on the CPU; `util.runtime` must be imported before jittor."""
 import os
 import shutil
+import struct
 import sys
+import zlib
 
 import pytest
 
@@ -29,6 +31,15 @@ def write_image_list(root, entries, property_line=None):
     if property_line is not None:
         with open(os.path.join(root, "property"), "w") as f:
             f.write(property_line)
+
+
+def oversized_png(height=40000, width=40000):
+    """A PNG whose header claims more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS, 2^30), with a tiny IDAT."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
 
 
 def copy_demo_faces(root, classes=4, per_class=4):

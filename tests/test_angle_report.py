@@ -110,3 +110,71 @@ def test_angle_report_on_the_runs_checkpoint_in_one_process_and_two_ranks(noisy_
     for key in ("theta_y", "theta_y_flipped", "theta_j"):
         assert double[key] == pytest.approx(single[key], abs=1e-5), key
     assert double["flipped_images"] == 4 and double["images"] == 16
+
+
+def random_checkpoint(path, data_root, classes):
+    """A MobileFaceNet checkpoint with random weights and `classes` SFace centres, trained (it says) on data_root."""
+    from backbone import build_backbone
+    from train.checkpoint import module_arrays, save_checkpoint
+    config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128,
+              "head": "SFaceLoss", "head_params": {"s": 64.0, "k": 80.0, "a": 0.87, "b": 1.22},
+              "data_root": str(data_root), "seed": 0}
+    centres = np.random.default_rng(0).normal(size=(classes, 128)).astype(np.float32)
+    save_checkpoint(str(path), {"config": config}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)),
+                    {"weight": centres})
+    return str(path)
+
+
+def angle_report(*args):
+    from tools import angle_report as tool
+    return tool.main([*map(str, args), "--workers_id", "cpu", "--num_workers", "2"])
+
+
+def test_data_with_more_classes_than_the_checkpoint_has_centres_is_refused(tiny_face_set, tmp_path):
+    from data.image_list import DataError
+    data_root, _ = tiny_face_set(classes=4, per_class=2)
+    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=3)
+    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: 4 classes, but {checkpoint} has 3 class centres"):
+        angle_report("--checkpoint", checkpoint)
+
+
+def test_the_report_makes_its_folders_and_refuses_one_it_cannot_make_before_any_work(tiny_face_set, tmp_path):
+    from train.checkpoint import OutputError
+    data_root, _ = tiny_face_set(classes=2, per_class=2)
+    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=2)
+    out = tmp_path / "reports" / "new" / "angles"
+    assert angle_report("--checkpoint", checkpoint, "--out", out)["images"] == 4
+    assert os.path.getsize(f"{out}.png") > 10_000 and json.loads(open(f"{out}.json").read())["images"] == 4
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "file" / "angles", f"{tmp_path / 'file'}: exists and is not a folder"),
+                         ("/proc/sface/angles", "/proc/sface: cannot create the output folder")):
+        with pytest.raises(OutputError, match=message):  # before the checkpoint, which is not there, is read
+            angle_report("--checkpoint", tmp_path / "no_run" / "last.npz", "--out", out)
+
+
+def test_a_metrics_file_cut_by_a_crash_is_read_to_its_last_whole_line(tiny_face_set, tmp_path, capsys):
+    from data.image_list import DataError
+    data_root, _ = tiny_face_set(classes=2, per_class=2)
+    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=2)
+    angles = {key: {"p5": 0.5, "p50": 1.0, "p95": 1.5} for key in ("theta_target", "theta_other")}
+    whole = [json.dumps({"kind": "train", "step": step, "angles": angles}) for step in (2, 4)]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text("\n".join(whole) + "\n" + whole[1][:25])  # the crash cut the third record
+    assert angle_report("--checkpoint", checkpoint)["images"] == 4
+    for middle in (whole[1][:25], "[2, 4]"):
+        metrics.write_text(whole[0] + "\n" + middle + "\n" + whole[1] + "\n")
+        with pytest.raises(DataError, match=f"{metrics}:2: not a JSON record"):
+            angle_report("--checkpoint", checkpoint)
+    with pytest.raises(SystemExit) as stop:
+        angle_report("--checkpoint", checkpoint, "--metrics", tmp_path / "missing.jsonl")
+    assert stop.value.code == 2 and f"--metrics {tmp_path / 'missing.jsonl'}: no such file" in capsys.readouterr().err
+
+
+def test_a_data_root_without_one_readable_image_is_refused_by_name(tiny_face_set, tmp_path):
+    from data.image_list import DataError
+    data_root, entries = tiny_face_set(classes=2, per_class=2)
+    for path, _ in entries:
+        os.remove(data_root / path)
+    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=2)
+    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: none of the 4 images could be read"):
+        angle_report("--checkpoint", checkpoint)

@@ -87,3 +87,37 @@ def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step_a
         assert float(ratios[ratios.index("time") + 1].rstrip("x,")) > 0
         assert float(ratios[ratios.index("memory") + 1].rstrip("x,")) > 0
         assert float(ratios[ratios.index("live") + 2].rstrip("x")) > 0
+
+
+def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_path, capsys, monkeypatch):
+    from tools import noise_experiment
+    for args, message in ((["--noise", "abc"], "argument --noise: not a number: 'abc'"),
+                          (["--noise", "0,1.5"], "argument --noise: each level must be a fraction in [0, 1), got 1.5"),
+                          (["--noise", "nan"], "argument --noise: must be a finite number, got 'nan'"),
+                          (["--heads", "SFaceLoss,ArcFase"], "argument --heads: unknown head 'ArcFase'; choose "
+                                                              "from SFaceLoss"),
+                          (["--heads", ","], "argument --heads: no head in ','"),
+                          (["--max_steps", "-1"], "argument --max_steps: must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as stop:
+            noise_experiment.main(["--outdir", str(tmp_path / "never"), *args])
+        assert stop.value.code == 2 and message in capsys.readouterr().err, args
+    assert not (tmp_path / "never").exists()
+    (tmp_path / "train_SFace_jittor.py").write_text("import sys\nsys.exit(3)\n")  # a training run that fails
+    monkeypatch.setattr(noise_experiment, "ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--heads", "ArcFace", "--noise", "0.2"])
+    assert str(stop.value.code).startswith("error: this run ended with exit status 3 (its messages are above): ")
+    assert "train_SFace_jittor.py --data_mode demo --head ArcFace --label_noise 0.2" in stop.value.code
+    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-noise20'}" in stop.value.code
+
+
+def test_the_benchmark_checks_its_flags_before_any_work(capsys):
+    import benchmark
+    for args, message in ((["--batch_size", "0"], "--batch_size must be positive, got 0"),
+                          (["--net", "ResNet9000"], "unknown backbone 'ResNet9000'; choose from"),
+                          (["--rounds", "0"], "--rounds must be positive, got 0"),
+                          (["--steps", "0"], "--steps must be positive, got 0"),
+                          (["--warmup", "-1"], "--warmup must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as stop:
+            benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
+        assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args

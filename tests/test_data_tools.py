@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder, write_image_list
+from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, small_pairs_folder, write_image_list
 from data.check import check_list, size_histogram, write_clean_list
 from data.convert import bin_to_pairs_folder, folder_to_list, pairs_folder_to_bin, pairs_header
 from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
@@ -139,6 +139,17 @@ def test_an_empty_image_file_is_a_bad_image_everywhere_not_a_crash(tmp_path):
     pairs = PairSet("x", [b""], ["x.bin image 0"], np.zeros((1, 2), np.int64), np.ones(1, bool))
     with pytest.raises(DataError, match="x.bin image 0: not a decodable image"):
         pairs.decode(0, (112, 112))
+
+
+def test_an_image_opencv_refuses_to_decode_is_reported_by_check_list(tmp_path, capsys):
+    from tools import data_tools
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "huge.png").write_bytes(oversized_png())  # its header claims 40000x40000 pixels
+    write_image_list(tmp_path, [("a.jpg", 0), ("huge.png", 0)])
+    assert data_tools.main(["check-list", "--root", str(tmp_path), "--num_workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'imgs.txt'}:2 (huge.png): not a decodable image" in out
+    assert "2 lines, 1 usable images of 112x112; 0 missing, 0 unreadable, 1 undecodable" in out
 
 
 def test_a_jpeg_is_judged_by_decoding_not_by_its_last_bytes():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone_from_config
-from conftest import DEMO_ROOT, REPO_ROOT, shared_path
+from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path
 from data.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
 from data.ijb import load_ijb
 from data.image_list import DataError
@@ -127,6 +127,14 @@ def test_reader_gets_faces_templates_and_pairs(tmp_path):
     assert ijb.aligned(0, (112, 96)).shape == (112, 96, 3)
     with pytest.raises(DataError, match=r"1\.jpg \(.*:1\): faces are aligned to 112x112"):
         ijb.aligned(0, (128, 128))
+
+
+def test_a_loose_crop_opencv_refuses_to_decode_is_named(tmp_path):
+    build_ijb(str(tmp_path))
+    with open(tmp_path / "loose_crop" / "2.jpg", "wb") as f:
+        f.write(oversized_png())  # its header claims 40000x40000 pixels
+    with pytest.raises(DataError, match=r"loose_crop/2\.jpg \(.*ijbc_name_5pts_score\.txt:2\): not a decodable image"):
+        load_ijb(str(tmp_path)).aligned(1, (112, 112))
 
 
 def rewrite_line(path, number, text):

@@ -17,9 +17,9 @@ import pytest
 from jittor import nn
 
 from backbone import build_backbone
-from conftest import DEMO_ROOT, REPO_ROOT, shared_path, small_pairs_folder
+from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
-from interop.onnx_export import ExportError, backbone_onnx
+from interop.onnx_export import ExportError, backbone_onnx, onnx_input_size
 from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
 from train.model import load_model
 
@@ -168,6 +168,57 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
         backbone_onnx(build_backbone("SphereFace4"), (112, 96), opset=7)
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, monkeypatch):
+    from tools import export_onnx
+    weights_only = str(tmp_path / "weights.npz")  # what an export would stop at: the output is checked first
+    save_checkpoint(weights_only, {}, {"w": np.zeros(2, np.float32)}, {})
+    (tmp_path / "file").write_text("")
+    for out, message in ((str(tmp_path), f"{tmp_path}: a folder; --out names the .onnx file to write"),
+                         (str(tmp_path / "file" / "x.onnx"), f"{tmp_path / 'file'}: exists and is not a folder"),
+                         ("/proc/sface/x.onnx", "/proc/sface: cannot create the output folder")):
+        with pytest.raises(SystemExit) as stop:
+            export_onnx.main(["--checkpoint", weights_only, "--out", out])
+        assert str(stop.value.code).startswith(f"error: {message}"), stop.value.code
+    checkpoint = str(tmp_path / "mfn.npz")
+    config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128}
+    save_checkpoint(checkpoint, {"config": config}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)), {})
+
+    def full_disk(proto, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(export_onnx.onnx, "save", full_disk)
+    out = str(tmp_path / "new" / "mfn.onnx")
+    with pytest.raises(SystemExit) as stop:
+        export_onnx.main(["--checkpoint", checkpoint, "--out", out])
+    assert stop.value.code == f"error: {out}: cannot write the model (No space left on device)"
+
+
+def identity_model(path, input_shape):
+    """An .onnx passing its one input (of `input_shape`, None: no input at all) through."""
+    io = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, input_shape) for name in ("x", "y")]
+    nodes = [onnx.helper.make_node("Identity", ["x"], ["y"])] if input_shape else []
+    graph = onnx.helper.make_graph(nodes, "identity", io[:1] if input_shape else [], io[1:] if input_shape else [])
+    onnx.save(onnx.helper.make_model(graph), path)
+    return path
+
+
+def test_an_onnx_file_without_an_image_input_is_refused_by_name(tmp_path):
+    from tools import eval_opencv, verify_faces
+    empty = str(tmp_path / "empty.onnx")
+    open(empty, "wb").close()
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    message = f"error: {empty}: an ONNX model without inputs (an empty file?); export one with tools/export_onnx.py"
+    for main, args in ((verify_faces.main, [face, face, "--threshold", "0.3"]),
+                       (eval_opencv.main, ["--target", os.path.join(DEMO_ROOT, "lfw_demo")])):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--model", empty])
+        assert stop.value.code == message
+    for shape, problem in ((None, "an ONNX model without inputs"), ([1, 128], "input 'x' has 2 dimensions, not N x 3"),
+                           ([1, 3, "height", "width"], "input 'x' has no fixed height and width")):
+        path = identity_model(str(tmp_path / "odd.onnx"), shape)
+        with pytest.raises(ExportError, match=f"odd.onnx: {problem}"):
+            onnx_input_size(path)
+
+
 def test_the_imported_insightface_model_through_opencv_on_real_lfw_faces(tmp_path):
     """Real weights on real faces: the imported checkpoint, exported by the tools, fed to FaceRecognizerSF."""
     source = shared_path("insightface-mobilefacenet")
@@ -212,6 +263,22 @@ def test_opencv_scores_a_pair_set_as_the_jittor_evaluation_does(exported, tmp_pa
     assert "40 pairs through cv2.FaceRecognizerSF" in result.stdout and "difference 0.000 points" in result.stdout
 
 
+def test_eval_opencv_checks_the_results_it_compares_with_before_scoring(exported, tmp_path, monkeypatch):
+    from tools import eval_opencv
+    monkeypatch.setattr(eval_opencv, "opencv_features", lambda *args: pytest.fail("scored before checking --compare"))
+    pairs = small_pairs_folder(str(tmp_path / "pairs"))
+    missing, not_json, other = (str(tmp_path / name) for name in ("missing.json", "cut.json", "other.json"))
+    with open(not_json, "w") as f:
+        f.write('{"checkpoint": "x.npz", "resu')  # a file cut short
+    with open(other, "w") as f:
+        json.dump({"checkpoint": "x.npz", "results": [{"target": "agedb_30", "accuracy": 0.9}]}, f)
+    for path, message in ((missing, "cannot read (No such file or directory)"), (not_json, "not JSON ("),
+                          (other, "no results for target 'pairs'; it has agedb_30")):
+        with pytest.raises(SystemExit) as stop:
+            eval_opencv.main(["--model", exported[1], "--target", pairs, "--compare", path])
+        assert str(stop.value.code).startswith(f"error: {path}: {message}"), stop.value.code
+
+
 def verify(*args):
     faces = [os.path.join(DEMO_ROOT, "images", f) for f in DEMO_FACES]
     return run_tool(VERIFY, *faces, *args)
@@ -239,6 +306,20 @@ def test_verify_faces_takes_its_threshold_from_the_evaluation(exported, tmp_path
     assert unreachable.returncode == 1 and "no threshold keeps FAR at 0.0001" in unreachable.stderr
 
 
+def test_a_threshold_far_or_tolerance_that_is_no_usable_number_is_refused(capsys):
+    from tools import eval_opencv, verify_faces
+    faces = [os.path.join(DEMO_ROOT, "images", f) for f in DEMO_FACES]
+    for main, args, message in (
+            (verify_faces.main, ["--threshold", "nan"], "argument --threshold: must be a finite number, got 'nan'"),
+            (verify_faces.main, ["--far", "0"], "argument --far: must be a false-accept rate in (0, 1], got '0'"),
+            (verify_faces.main, ["--far", "1.5"], "argument --far: must be a false-accept rate in (0, 1]"),
+            (verify_faces.main, ["--far", "inf"], "argument --far: must be a finite number, got 'inf'"),
+            (eval_opencv.main, ["--target", "lfw", "--tolerance", "nan"], "argument --tolerance: must be a finite")):
+        with pytest.raises(SystemExit) as stop:
+            main([*(faces if main is verify_faces.main else []), *args, "--model", "unused.onnx"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_path):
     big = str(tmp_path / "photo.png")
     cv2.imwrite(big, np.zeros((250, 250, 3), np.uint8))
@@ -246,3 +327,14 @@ def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_pat
     assert result.returncode == 1
     assert f"error: {big}: a 250x250 image, the model takes aligned 112x112 faces" in result.stderr
     assert "alignCrop" in result.stderr
+
+
+def test_verify_faces_names_an_image_opencv_refuses_to_decode(exported, tmp_path):
+    from tools import verify_faces
+    huge = str(tmp_path / "huge.png")
+    with open(huge, "wb") as f:
+        f.write(oversized_png())  # its header claims 40000x40000 pixels
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    with pytest.raises(SystemExit) as stop:
+        verify_faces.main([face, huge, "--model", exported[1], "--threshold", "0.3"])
+    assert stop.value.code == f"error: {huge}: not a decodable image"

@@ -138,6 +138,9 @@ def test_idx_lines_are_checked(tmp_path):
     (tmp_path / "train.idx").write_text("0\t0\n1\t100\n1\t200\n")
     with pytest.raises(DataError, match="train.idx: key 1 is listed more than once"):
         read_idx(str(tmp_path / "train.idx"))
+    (tmp_path / "train.idx").write_text(f"0\t{2 ** 64 - 1}\n{2 ** 63}\t0\n")  # the offset fits 64 bits, the key not
+    with pytest.raises(DataError, match=r"train.idx:2: expected '<key><TAB><offset>' \(two non-negative 64-bit"):
+        read_idx(str(tmp_path / "train.idx"))
 
 
 def test_header_record_is_told_apart_from_a_multi_label_image(tmp_path):
@@ -173,7 +176,7 @@ def test_truncated_and_corrupt_records_are_reported_and_the_rest_kept(tmp_path):
     samples = face_samples()
     images = insightface_rec(tmp_path / "rec", samples, header=False)
     rec = tmp_path / "rec" / "train.rec"
-    _, offsets = read_idx(str(tmp_path / "rec" / "train.idx"))
+    offsets = read_idx(str(tmp_path / "rec" / "train.idx"))[1].tolist()
     data = bytearray(rec.read_bytes())
     data[offsets[4]:offsets[4] + 4] = b"\x00" * 4  # record 4: bad magic
     rec.write_bytes(bytes(data[:offsets[-1] + 100]))  # the last record loses most of its bytes
@@ -249,7 +252,7 @@ def test_rec_dataset_serves_what_the_converted_list_serves(tmp_path):
 def test_rec_dataset_skips_bad_records_and_checks_property(tmp_path):
     samples = face_samples()
     insightface_rec(tmp_path, samples, header=False)
-    _, offsets = read_idx(str(tmp_path / "train.idx"))
+    offsets = read_idx(str(tmp_path / "train.idx"))[1].tolist()
     rec = tmp_path / "train.rec"
     rec.write_bytes(rec.read_bytes()[:offsets[-1] + 4])  # the last record is cut inside its frame
     dataset = RecDataset(str(tmp_path))
@@ -290,10 +293,34 @@ def test_rec_to_images_command(tmp_path):
     assert f"{len(samples)} image records: {len(samples)} converted, 0 already there, 0 bad; 3 classes, 112x112" \
         in result.stdout
     rec = tmp_path / "rec" / "train.rec"
-    _, offsets = read_idx(str(tmp_path / "rec" / "train.idx"))
+    offsets = read_idx(str(tmp_path / "rec" / "train.idx"))[1].tolist()
     rec.write_bytes(rec.read_bytes()[:offsets[3] + 50])  # image record 3 and everything after it cut off
     result = subprocess.run(tool[:-3] + [str(tmp_path / "cut"), "--processes", "2"], capture_output=True, text=True)
     assert result.returncode == 1
     assert f"2 converted, 0 already there, {len(samples) - 2} bad" in result.stdout
     assert f"bad record: {rec} record 3 (offset {offsets[3]}): truncated: 42 of" in result.stderr
-    assert f"bad record: {rec} record 4 (offset {offsets[4]}): the file ends at byte" in result.stderr
+    assert f"bad record: {rec} record 4 (offset {offsets[4]}): the offset is beyond the last byte of the file " \
+        f"({offsets[3] + 50} bytes)" in result.stderr
+
+
+def test_an_offset_past_the_end_of_the_rec_is_a_bad_record(tmp_path, capsys):
+    """Any 64-bit offset an index may hold: one beyond the file is a bad record for the converter and for training."""
+    from tools import data_tools
+    samples = face_samples()
+    insightface_rec(tmp_path / "rec", samples, header=False)  # keys 0.. are the images, in order
+    rec, idx = tmp_path / "rec" / "train.rec", tmp_path / "rec" / "train.idx"
+    size = rec.stat().st_size
+    beyond = {2: 2 ** 64 - 1, 5: 2 ** 63 - 1, 7: size}
+    idx.write_text("".join(f"{key}\t{beyond.get(key, offset)}\n" for key, offset in
+                           zip(*(a.tolist() for a in read_idx(str(idx))))))
+    assert data_tools.main(["rec-to-images", "--rec", str(tmp_path / "rec"), "--out", str(tmp_path / "out"),
+                            "--processes", "1"]) == 1
+    printed = capsys.readouterr()
+    assert f"{len(samples) - 3} converted, 0 already there, 3 bad" in printed.out
+    reason = f"the offset is beyond the last byte of the file ({size} bytes)"
+    for key, offset in beyond.items():
+        assert f"bad record: {rec} record {key} (offset {offset}): {reason}" in printed.err
+    dataset = RecDataset(str(tmp_path / "rec"))
+    assert dataset.labels[list(beyond)].tolist() == [-1] * 3 and dataset.load(2) == (None, -1, reason)
+    loader = BatchLoader(dataset, len(samples), seed=0, num_workers=2)
+    assert len(next(loader.epoch(0))[1]) == len(samples) - 3 and loader.skipped == 3

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_image_list
+from conftest import oversized_png, write_image_list
 from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
 from data.loader import BatchLoader, epoch_order
 from util.distributed import rank_share
@@ -106,6 +106,7 @@ def test_decode_refuses_truncated_and_garbage_bytes(tmp_path):
     assert decode_image(data + b"\x00\x00") is not None  # zero padding after the end marker is fine
     assert decode_image(data[: len(data) // 2]) is None
     assert decode_image(b"not an image at all") is None
+    assert decode_image(oversized_png()) is None  # OpenCV refuses its 40000x40000 header
 
 
 def test_images_are_rgb_chw_and_112x112_is_cropped_to_112x96(tmp_path):
@@ -127,6 +128,7 @@ def test_bad_images_are_skipped_counted_and_named(tmp_path, caplog):
     good = (tmp_path / entries[3][0]).read_bytes()
     (tmp_path / entries[3][0]).write_bytes(good[:300])  # truncated
     write_jpeg(tmp_path / entries[4][0], height=100, width=100)  # wrong size
+    (tmp_path / entries[5][0]).write_bytes(oversized_png())  # a header OpenCV refuses to decode
     dataset = ImageListDataset(read_image_list(str(tmp_path)))
     loader = BatchLoader(dataset, batch_size=8, seed=0, num_workers=2)
     log = logging.getLogger("sface")
@@ -135,11 +137,11 @@ def test_bad_images_are_skipped_counted_and_named(tmp_path, caplog):
         batches = list(loader.epoch(0))
     finally:
         log.removeHandler(caplog.handler)
-    assert len(batches) == 1 and batches[0][0].shape == (4, 3, 112, 112)
-    assert loader.skipped == 4
+    assert len(batches) == 1 and batches[0][0].shape == (3, 3, 112, 112)
+    assert loader.skipped == 5
     text = caplog.text
     for line, reason in ((2, "cannot read"), (3, "not a decodable image"), (4, "not a decodable image"),
-                         (5, "size 100x100, expected 112x112")):
+                         (5, "size 100x100, expected 112x112"), (6, "not a decodable image")):
         assert f"imgs.txt:{line} ({entries[line - 1][0]}): {reason}" in text
 
 

@@ -33,7 +33,8 @@ from evaluation.angle_plot import save_angle_plot  # noqa: E402
 from evaluation.angles import PERCENTILES, angles, fraction_unpulled, percentiles, suggest_ab  # noqa: E402
 from evaluation.embedding import embed_images, gather_rows  # noqa: E402
 from evaluation.protocol import l2_normalize  # noqa: E402
-from train.checkpoint import CheckpointError, OutputError, run_checkpoint  # noqa: E402
+from train.checkpoint import CheckpointError, OutputError, make_outdir, run_checkpoint  # noqa: E402
+from train.logger import read_metrics  # noqa: E402
 from train.model import load_model  # noqa: E402
 from util import distributed  # noqa: E402
 
@@ -61,6 +62,8 @@ def parse_args(argv=None):
     args.out = args.out or os.path.join(folder, "angle_report")
     if not args.metrics and os.path.isfile(os.path.join(folder, "metrics.jsonl")):
         args.metrics = os.path.join(folder, "metrics.jsonl")
+    elif args.metrics and not os.path.isfile(args.metrics):
+        p.error(f"--metrics {args.metrics}: no such file")
     return args
 
 
@@ -91,6 +94,9 @@ def training_angles(args):
     cfg = model.config
     centres = class_centres(model, args.checkpoint)
     dataset = open_training_set(args.data_root or cfg["data_root"], cfg["input_hw"])
+    if dataset.num_classes > len(centres):
+        raise DataError(f"{dataset.source}: {dataset.num_classes} classes, but {args.checkpoint} has {len(centres)} "
+                        f"class centres: not the data it was trained on (give that with --data_root)")
     flipped_set = np.zeros(len(dataset), bool)
     if cfg.get("label_noise"):
         flipped_set[apply_label_noise(dataset, cfg["label_noise"], cfg["seed"])[0]] = True
@@ -104,6 +110,10 @@ def training_angles(args):
                              desc="embedding training images")[0]
     embeddings = gather_rows(local, share, len(indices))
     loaded = gather_rows(ok, share, len(indices)) > 0.5
+    if not loaded.any():
+        height, width = dataset.input_size
+        raise DataError(f"{dataset.source}: none of the {len(indices)} images could be read (each is missing, "
+                        f"unreadable, undecodable or not {height}x{width})")
     indices, embeddings = indices[loaded], embeddings[loaded]
     cos = l2_normalize(embeddings) @ l2_normalize(centres).T
     labels = dataset.labels[indices]
@@ -118,13 +128,11 @@ def training_angles(args):
 
 
 def read_history(path):
-    if not path or not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [r for r in map(json.loads, f) if r.get("kind") == "train" and "angles" in r]
+    """The training records of the run's metrics.jsonl that hold angles ([] without one)."""
+    return [r for r in read_metrics(path) if r.get("kind") == "train" and "angles" in r] if path else []
 
 
-def report(args):
+def report(args, history):
     found = training_angles(args)
     if not distributed.is_main():
         return None
@@ -148,7 +156,7 @@ def report(args):
     groups = {"clean": theta_y[~flipped], "label-flipped": theta_y[flipped]} if flipped.any() else {"": theta_y}
     title = (f"{cfg.get('net')} + {cfg.get('head')}, {found['images']} training images, "
              f"{os.path.basename(args.checkpoint)}")
-    save_angle_plot(args.out + ".png", groups, theta_j, curves, read_history(args.metrics), title)
+    save_angle_plot(args.out + ".png", groups, theta_j, curves, history, title)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
     print_report(result, sface and params)
@@ -180,8 +188,10 @@ def print_report(result, sface_params):
 
 def main(argv=None):
     args = parse_args(argv)
+    make_outdir(os.path.dirname(os.path.abspath(args.out)))  # the output folder and the metrics: before any work
+    history = read_history(args.metrics)
     distributed.select_device(args.workers_id)
-    return report(args)
+    return report(args, history)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ accuracy is set beside the Jittor evaluation's for the same target, and the exit
 they differ by more than --tolerance points.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -26,7 +25,9 @@ from tqdm import tqdm  # noqa: E402
 from data.image_list import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from evaluation.protocol import flip_fused, pair_distances, verification_report  # noqa: E402
+from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
+from train.config import finite_float  # noqa: E402
 
 FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the image
 
@@ -44,13 +45,10 @@ def opencv_features(model_path, pair_set):
 
 
 def jittor_accuracy(results_path, target):
-    """The accuracy (and its std) eval_SFace_jittor.py wrote for `target`."""
-    with open(results_path) as f:
-        results = json.load(f)
-    for row in results["results"]:
-        if row["target"] == target:
-            return row["accuracy"], row["accuracy_std"], results["checkpoint"]
-    sys.exit(f"error: {results_path}: no results for target '{target}'")
+    """The accuracy (and its std) eval_SFace_jittor.py wrote for `target`, and the checkpoint it scored."""
+    checkpoint, rows = read_results(results_path)
+    row = target_row(results_path, rows, target)
+    return row["accuracy"], row["accuracy_std"], checkpoint
 
 
 def main(argv=None):
@@ -58,23 +56,25 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) of a 112x112 model")
     p.add_argument("--target", required=True, help="a .bin file or a folder holding pairs.txt + images/")
     p.add_argument("--compare", help="a results.json of eval_SFace_jittor.py to compare with")
-    p.add_argument("--tolerance", type=float, default=0.05, help="largest accuracy difference in points (default 0.05)")
+    p.add_argument("--tolerance", type=finite_float, default=0.05,
+                   help="largest accuracy difference in points (default 0.05)")
     args = p.parse_args(argv)
     try:
         height, width = onnx_input_size(args.model)
         if (height, width) != FACE_SIZE:
             raise ExportError(f"{args.model} takes {height}x{width} faces; FaceRecognizerSF feeds 112x112 only")
         pair_set = load_target(args.target, ".")
+        jittor = jittor_accuracy(args.compare, pair_set.name) if args.compare else None  # before the scoring
         features, mirrored = opencv_features(args.model, pair_set)
-    except (DataError, ExportError) as e:  # the message names the file at fault
+    except (DataError, ExportError, ResultsError) as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     report = verification_report(pair_distances(flip_fused(features, mirrored), pair_set.pairs), pair_set.issame,
                                  raw_embeddings=(features, mirrored))
     print(f"{pair_set.name}: {len(pair_set.pairs)} pairs through cv2.FaceRecognizerSF ({args.model}), flip-summed, "
           f"10-fold: {100 * report['accuracy']:.2f} % ± {100 * report['accuracy_std']:.2f}, threshold "
           f"{report['threshold']:.3f}, TAR@FAR 1e-3 {report['tar_at_far']['0.001']:.4f}")
-    if args.compare:
-        accuracy, std, checkpoint = jittor_accuracy(args.compare, pair_set.name)
+    if jittor is not None:
+        accuracy, std, checkpoint = jittor
         difference = 100 * abs(report["accuracy"] - accuracy)
         print(f"Jittor evaluation ({args.compare}, {checkpoint}): {100 * accuracy:.2f} % ± {100 * std:.2f}; "
               f"difference {difference:.3f} points (tolerance {args.tolerance})")

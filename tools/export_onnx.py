@@ -18,7 +18,7 @@ import util.runtime  # noqa: E402,F401
 import onnx  # noqa: E402
 
 from interop.onnx_export import DEFAULT_OPSET, ExportError, backbone_onnx  # noqa: E402
-from train.checkpoint import CheckpointError, is_scf  # noqa: E402
+from train.checkpoint import CheckpointError, OutputError, is_scf, make_outdir  # noqa: E402
 from train.model import load_model  # noqa: E402
 
 
@@ -28,15 +28,25 @@ def batch_size(text):
     raise argparse.ArgumentTypeError(f"--batch must be a positive integer or 'dynamic', got '{text}'")
 
 
+def check_output_file(out):
+    """Refuse an --out that is a folder and make the folder it goes in, before any export work."""
+    if os.path.isdir(out):
+        raise OutputError(f"{out}: a folder; --out names the .onnx file to write")
+    make_outdir(os.path.dirname(os.path.abspath(out)))
+
+
 def export(checkpoint, out, batch, opset):
     """-> (the checkpoint's config, the ONNX model written to `out`)."""
+    check_output_file(out)
     model = load_model(checkpoint)
     cfg = model.config
     metadata = {"source_checkpoint": os.path.abspath(checkpoint), "net": cfg["net"],
                 "input": f"{'x'.join(map(str, cfg['input_hw']))} RGB 0..255, NCHW float32"}
     proto = backbone_onnx(model.backbone, cfg["input_hw"], batch, opset, source=checkpoint, metadata=metadata)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    onnx.save(proto, out)
+    try:
+        onnx.save(proto, out)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write the model ({e.strerror or e})") from None
     return cfg, proto
 
 
@@ -50,7 +60,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         cfg, proto = export(args.checkpoint, args.out, args.batch, args.opset)
-    except (CheckpointError, ExportError) as e:  # the message names the file at fault
+    except (CheckpointError, ExportError, OutputError) as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     height, width = cfg["input_hw"]
     print(f"{args.out}: {cfg['net']} {height}x{width} -> {cfg['embedding_size']}-d, batch {args.batch}, "

@@ -18,6 +18,41 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import util.runtime  # noqa: E402,F401  (the head table imports jittor)
+
+from head import HEADS  # noqa: E402
+from train.config import finite_float  # noqa: E402
+
+
+class RunFailed(RuntimeError):
+    """A training, evaluation or report run that ended with a non-zero status; the message gives its command."""
+
+
+def head_names(text):
+    """--heads' type: comma-separated names of HEADS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in HEADS]
+    if unknown or not names:
+        problem = f"unknown head '{unknown[0]}'" if unknown else f"no head in '{text}'"
+        raise argparse.ArgumentTypeError(f"{problem}; choose from {', '.join(HEADS)}")
+    return names
+
+
+def noise_levels(text):
+    """--noise's type: comma-separated --label_noise fractions in [0, 1)."""
+    levels = [finite_float(value) for value in text.split(",")]
+    bad = [value for value in levels if not 0 <= value < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"each level must be a fraction in [0, 1), got {bad[0]:g} in '{text}'")
+    return levels
+
+
+def non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def run_dir(outdir, head, noise):
@@ -35,22 +70,32 @@ def final_eval(folder):
 
 def run(command):
     print(" ".join(command), flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    status = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+    if status:
+        raise RunFailed(f"this run ended with exit status {status} (its messages are above): {' '.join(command)}")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outdir", default="results/noise_experiment")
-    p.add_argument("--heads", default="SFaceLoss,ArcFace,CosFace")
-    p.add_argument("--noise", default="0,0.2,0.4", help="comma-separated --label_noise values")
-    p.add_argument("--max_steps", type=int, default=0, help="the schedule's length for every run (0: the demo's "
-                                                            "3 epochs)")
+    p.add_argument("--heads", type=head_names, default="SFaceLoss,ArcFace,CosFace",
+                   help="comma-separated loss heads")
+    p.add_argument("--noise", type=noise_levels, default="0,0.2,0.4",
+                   help="comma-separated --label_noise values, each in [0, 1)")
+    p.add_argument("--max_steps", type=non_negative, default=0, help="the schedule's length for every run (0: the "
+                                                                    "demo's 3 epochs)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--max_images", type=int, default=0, help="the angle reports' --max_images (0: all)")
+    p.add_argument("--max_images", type=non_negative, default=0, help="the angle reports' --max_images (0: all)")
     p.add_argument("--no_report", action="store_true", help="train and evaluate only (no angle reports)")
-    args = p.parse_args()
-    heads = args.heads.split(",")
-    levels = [float(v) for v in args.noise.split(",")]
+    args = p.parse_args(argv)
+    try:
+        experiment(args)
+    except RunFailed as e:
+        sys.exit(f"error: {e}")
+
+
+def experiment(args):
+    heads, levels = args.heads, args.noise
     for head in heads:
         for noise in levels:
             folder = run_dir(args.outdir, head, noise)

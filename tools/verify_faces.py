@@ -11,7 +11,6 @@ without --threshold, the one of an eval_SFace_jittor.py results.json for the tar
 default; a squared distance d is the cosine 1 - d/2). An .onnx runs in onnxruntime, a .npz in Jittor.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,9 +23,11 @@ import onnxruntime as ort  # noqa: E402
 
 from data.image_list import decode_image, fit_input_size  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
+from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from train.checkpoint import CheckpointError  # noqa: E402
+from train.config import finite_float  # noqa: E402
 from train.model import load_model  # noqa: E402
 
 ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
@@ -36,6 +37,14 @@ DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jit
 
 class UsageError(ValueError):
     """Bad input to this tool; the message names the file."""
+
+
+def false_accept_rate(text):
+    """--far's type: a rate in (0, 1]."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a false-accept rate in (0, 1], got '{text}'")
+    return value
 
 
 def onnx_embedder(path):
@@ -75,24 +84,13 @@ def read_face(path, input_hw):
     return face
 
 
-def read_results(path):
-    try:
-        with open(path) as f:
-            results = json.load(f)
-        return results["checkpoint"], {r["target"]: r for r in results["results"]
-                                       if not r["target"].endswith(SCF_TARGET_SUFFIX)}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a readable results.json of eval_SFace_jittor.py ({e!r})") from None
-
-
 def evaluation_threshold(results_path, target, far):
     """-> (cosine threshold, where it comes from, the checkpoint evaluated) out of a results.json."""
     checkpoint, rows = read_results(results_path)
+    rows = {name: row for name, row in rows.items() if not name.endswith(SCF_TARGET_SUFFIX)}
     if target is None and len(rows) != 1:
         raise UsageError(f"{results_path}: choose a target with --target: {', '.join(rows)}")
-    row = rows.get(target or next(iter(rows)))
-    if row is None:
-        raise UsageError(f"{results_path}: no results for target '{target}'; it has {', '.join(rows)}")
+    row = target_row(results_path, rows, target or next(iter(rows)))
     if far is None:
         distance, how = row["threshold"], "the best-accuracy threshold (10-fold mean)"
     else:
@@ -120,11 +118,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs=2, metavar="IMAGE", help="two aligned face images")
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) or a .npz checkpoint")
-    p.add_argument("--threshold", type=float, help="cosine similarity from which two faces count as the same person")
+    p.add_argument("--threshold", type=finite_float,
+                   help="cosine similarity from which two faces count as the same person")
     p.add_argument("--results", help=f"an eval_SFace_jittor.py results.json to take the threshold from "
                                      f"(default: {DEFAULT_RESULTS} when it exists)")
     p.add_argument("--target", help="which of its targets (needed when it holds several)")
-    p.add_argument("--far", type=float, default=FAR_TARGETS[0],
+    p.add_argument("--far", type=false_accept_rate, default=FAR_TARGETS[0],
                    help="take the evaluation's threshold at this false-accept rate (default: %(default)g)")
     p.add_argument("--best_accuracy", action="store_true", help="take its best-accuracy threshold instead")
     args = p.parse_args(argv)
@@ -135,7 +134,7 @@ def main(argv=None):
         if threshold is None and (args.results or os.path.isfile(results)):
             threshold, how, evaluated = evaluation_threshold(results, args.target,
                                                                 None if args.best_accuracy else args.far)
-    except (CheckpointError, ExportError, UsageError) as e:  # the message names the file at fault
+    except (CheckpointError, ExportError, ResultsError, UsageError) as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     print(f"cosine similarity {similarity:.4f}")
     if threshold is None:

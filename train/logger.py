@@ -11,6 +11,7 @@ import time
 
 from tqdm import tqdm
 
+from data.image_list import DataError, text_lines
 from evaluation.angles import angle_summary
 
 LOGGER_NAME = "sface"
@@ -57,6 +58,24 @@ class MetricsLog:
     def write(self, record):
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl. A last line without its newline is one a killed run cut short: left out;
+    any other line that is not a JSON object is a DataError naming `path:LINE`."""
+    lines = [(number, line) for number, line in text_lines(path) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            if number == lines[-1][0] and not line.endswith("\n"):
+                break
+            raise DataError(f"{path}:{number}: not a JSON record ({e})") from None
+        records.append(record)
+    return records
 
 
 def _complete_record_upto(line, step):
