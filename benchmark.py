@@ -40,34 +40,36 @@ import numpy as np
 from jittor import nn
 
 from backbone import build_backbone_from_config, check_backbone, cpu_layers
-from backbone.common import count_parameters
+from backbone.layers import count_parameters
 from data.convert import rec_to_images
-from data.image_list import ImageListDataset, parse_size, read_image_list
+from data.image_list import ImageListDataset, read_image_list
+from data.images import parse_size
 from data.loader import BatchLoader
-from train.config import check_ranges
-from train.model import build_model
-from train.optim import SGD, reference_sgd
+from train.config import SFACE, check_ranges, configure
+from train.optim import SGD, batchnorm_parameter_names, named_parameters
 from train.steps import sface_step
+from train.training_model import build_model
 from util import distributed
+from util.timing import median_seconds
 
 
-def timed(step, warmup, steps):
-    """Median seconds of `step()` (which must block until its work is done)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def training_config(args):
+    """The training config of the benchmark's model, resolved as training resolves it (an SFace head, as
+    training's default; seed 0, learning rate 0.01)."""
+    argv = ["--data_mode", "casia", "--net", args.net, "--input_size", args.input_size, "--embedding_size",
+            str(args.embedding_size), "--workers_id", args.workers_id, "--target", "none", "--seed", "0", "--lr",
+            "0.01"] + [f"--{flag}" for flag in ("local_bn", "shard_head", "amp") if getattr(args, flag)]
+    return configure(SFACE, argv).cfg
 
 
-def model_config(args):
-    """The training config the benchmark's model is built from (an SFace head, as training's default)."""
-    return {"seed": 0, "net": args.net, "input_hw": list(args.input_hw), "embedding_size": args.embedding_size,
-            "local_bn": args.local_bn, "head": "SFaceLoss", "shard_head": args.shard_head, "head_params": {},
-            "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "amp": False}
+def reference_sgd(modules, lr, momentum, weight_decay):
+    """Jittor's own jt.optim.SGD over the same parameters with the same decay rule (none on BatchNorm
+    weights): the plain step the training step is measured against."""
+    no_decay = batchnorm_parameter_names(modules)
+    params = named_parameters(modules)
+    return jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
+                         {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
+                        lr, momentum, weight_decay)
 
 
 def random_batch(args, size, seed):
@@ -91,18 +93,19 @@ def memory_kind():
 
 
 def training_model(args):
-    model = build_model(model_config(args), args.num_classes)
+    model = build_model(training_config(args), args.num_classes)
     model.backbone.train()
     return model, random_batch(args, args.batch_size, 0)
 
 
 def train_step(args):
-    """The training script's step."""
+    """The training script's step; each call returns its figures."""
     model, (images, labels) = training_model(args)
 
     def step():
-        sface_step(model, 0, images, labels, 0)
+        stats = sface_step(model, 0, images, labels, 0, amp=args.amp)
         jt.sync_all(True)
+        return stats
     return step
 
 
@@ -110,7 +113,7 @@ def reference_step(args):
     """A plain step of Jittor's own SGD on the same model, batch and hyper-parameters (BatchNorm weights
     without weight decay, as in training), reading the loss as a training loop would."""
     model, (images, labels) = training_model(args)
-    cfg = model_config(args)
+    cfg = training_config(args)
     optimizer = reference_sgd({"backbone": model.backbone, "head": model.head}, cfg["lr"], cfg["momentum"],
                               cfg["weight_decay"])
 
@@ -144,7 +147,7 @@ def backbone_step(args):
 
 
 def embed_step(args):
-    backbone = build_model(model_config(args), args.num_classes).backbone
+    backbone = build_model(training_config(args), args.num_classes).backbone
     backbone.eval()
     images = jt.array(np.random.default_rng(1).uniform(0, 255, (args.batch_size, 3, *args.input_hw))
                       .astype(np.float32))
@@ -199,7 +202,7 @@ def measure(args):
         return {"seconds": DATA_JOBS[args.measure](args), "peak_bytes": peak_memory_bytes(args.measure == "rec"),
                 "live_bytes": None}
     step = STEPS[args.measure](args)
-    seconds = timed(step, args.warmup, args.steps)
+    seconds = median_seconds(step, args.warmup, args.steps)
     peak = peak_memory_bytes()  # before the profiled step, whose bookkeeping is not the step's
     return {"seconds": seconds, "peak_bytes": peak, "live_bytes": live_peak_bytes(step)}
 
@@ -220,55 +223,41 @@ def measured(what, rounds, argv):
     return results
 
 
-def traffic_kind(issuer):
-    """(what an all-reduce carries, whether autodiff adds an equal one backward): as this project's helpers
-    label theirs, or Jittor's sync BatchNorm (`issuer`: the object whose method issued it)."""
-    if distributed.issuing() is not None:
-        return distributed.issuing()
-    if isinstance(issuer, nn.BatchNorm):
-        return "BatchNorm batch statistics", True
-    return f"unlabelled ({type(issuer).__name__})", False
-
-
-def recorded_all_reduces(step):
-    """Run `step()` once, recording every all-reduce it issues: [(kind, shape, dtype)], backward ones included."""
-    issued, original = [], jt.Var.mpi_all_reduce
-
-    def recording(var, *args, **kwargs):
-        kind, has_backward = traffic_kind(sys._getframe(1).f_locals.get("self"))
-        issued.extend([(kind, tuple(var.shape), var.dtype)] * (2 if has_backward else 1))
-        return original(var, *args, **kwargs)
-    jt.Var.mpi_all_reduce = recording
-    try:
+def step_all_reduces(step, backbone):
+    """Run `step()` once; -> every all-reduce it issues, [(what, shape, dtype)], backward ones included: the
+    project's (util.distributed records them) and those of Jittor's sync BatchNorm (each synchronised layer
+    all-reduces its batch mean and mean square, and their gradients backward)."""
+    with distributed.recording_collectives() as recorded:
         step()
-    finally:
-        jt.Var.mpi_all_reduce = original
-    return issued
+    batchnorm = [("BatchNorm batch statistics", (m.num_features,), "float32", True) for m in backbone.modules()
+                 if isinstance(m, nn.BatchNorm) and m.sync for _ in ("mean", "mean square")]
+    return [(what, shape, dtype) for what, shape, dtype, differentiated in recorded + batchnorm
+            for _ in range(2 if differentiated else 1)]
 
 
 def replay_seconds(issued, warmup, steps):
     """The recorded collectives alone, on zero buffers of the same sizes, in one graph as in a step."""
     buffers = [jt.zeros(shape, dtype) for _, shape, dtype in issued]
     jt.sync(buffers)
-    return timed(lambda: jt.sync([b.mpi_all_reduce("sum") for b in buffers]), warmup, steps)
+    return median_seconds(lambda: jt.sync([b.mpi_all_reduce("sum") for b in buffers]), warmup, steps)
 
 
 def distributed_report(args):
     """The training step under mpirun, split into compute and communication, with bytes per rank."""
     rank, world = distributed.rank(), distributed.world_size()
-    model = build_model(model_config(args), args.num_classes)
+    model = build_model(training_config(args), args.num_classes)
     start, stop = distributed.rank_share(args.batch_size, rank, world)
     images, labels = random_batch(args, stop - start, rank)
     model.backbone.train()
 
     def step():
-        sface_step(model, 0, images, labels, 0)
+        sface_step(model, 0, images, labels, 0, amp=args.amp)
         jt.sync_all(True)
-    issued = recorded_all_reduces(step)
-    seconds = timed(step, args.warmup, args.steps)
+    issued = step_all_reduces(step, model.backbone)
+    seconds = median_seconds(step, args.warmup, args.steps)
     communication = replay_seconds(issued, args.warmup, args.steps)
     peak = distributed.max_int(peak_memory_bytes())
-    if rank:
+    if not distributed.is_main():
         return
     per_kind = collections.defaultdict(lambda: [0, 0])
     for kind, shape, dtype in issued:
@@ -294,7 +283,8 @@ def distributed_report(args):
           f"{3 * head_rows * args.embedding_size * 4 / 1e6:.1f} MB")
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The benchmark's options, checked before any work (install/gpu_check.py measures through them too)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", default="IR_50")
     p.add_argument("--batch_size", type=int, default=32)
@@ -312,6 +302,7 @@ def main(argv=None):
                                                                            "CPU core)")
     p.add_argument("--shard_head", action="store_true", help="under mpirun: split the class centres over the ranks")
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
+    p.add_argument("--amp", action="store_true", help="the training step in mixed precision (GPU only)")
     p.add_argument("--compare_reference", action="store_true",
                    help="also measure a plain jt.optim.SGD step on the same model and batch; print the ratios")
     p.add_argument("--compare_jittors_layers", action="store_true",
@@ -327,9 +318,16 @@ def main(argv=None):
         check_backbone(args.net, args.input_hw)
         check_ranges(vars(args), ("batch_size", "embedding_size", "num_classes", "steps", "rounds", "num_workers",
                                   "processes"), ("warmup",))
+        args.device = distributed.select_device(args.workers_id)
+        if args.amp and args.device == "cpu":
+            raise ValueError("--amp is mixed precision for the GPU; on the CPU leave it out")
     except ValueError as e:
         p.error(str(e))
-    device = distributed.select_device(args.workers_id)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if distributed.world_size() > 1:
         distributed_report(args)
         return
@@ -337,10 +335,10 @@ def main(argv=None):
     if args.measure:
         print(RESULT + json.dumps(measure(args)))
         return
-    report(args, device)
+    report(args)
 
 
-def report(args, device):
+def report(args):
     labels = {"train": f"train step, SFace head ({args.num_classes} classes)",
               "reference": "reference: jt.optim.SGD step, same model",
               "jittors_layers": "train step, Jittor's BatchNorm and PReLU",
@@ -355,9 +353,9 @@ def report(args, device):
     seconds, peak, live = ({w: statistics.median(r[i] for r in rs) if rs[0][i] is not None else None
                             for w, rs in results.items()} for i in range(3))
     b = args.batch_size
-    backbone = build_backbone_from_config(model_config(args))
+    backbone = build_backbone_from_config(training_config(args))
     print(f"{args.net} {args.input_size} {args.embedding_size}-d ({count_parameters(backbone):,} parameters), "
-          f"batch {b}, {device}; each figure in its own process: median of {args.steps} steps after {args.warmup} "
+          f"batch {b}, {args.device}; each figure in its own process: median of {args.steps} steps after {args.warmup} "
           f"warm-up, median over {args.rounds} interleaved round(s); peak {memory_kind()} of that process; live: "
           f"Vars alive at the step's peak (Jittor's memory profiler, exact)")
     for w in what:

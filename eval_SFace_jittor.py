@@ -13,22 +13,23 @@ from (embedding, kappa). Under mpirun the embedding work is split over the ranks
 import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
 
 import argparse
-import json
 import os
 
 import numpy as np
 
 from backbone import check_backbone
-from data.ijb import IJB_SETS, load_ijb
-from data.image_list import DataError, parse_size
+from data.ijb_sets import IJB_SETS, load_ijb
+from data.images import parse_size
+from data.text import DataError
 from data.verification_sets import load_target
 from evaluation.embedding import EvalTarget, protocol_report, target_features
-from evaluation.ijb import IJB_FAR_TARGETS, ijb_features, ijb_reports
+from evaluation.ijb_scoring import IJB_FAR_TARGETS, ijb_features, ijb_reports
 from evaluation.roc_plot import save_roc_plot
 from evaluation.scf_scoring import scf_report
-from train.checkpoint import BEST, LAST, CheckpointError, OutputError, make_outdir, run_checkpoint
-from train.model import load_model
+from model.checkpoint import BEST, LAST, CheckpointError, run_checkpoint
+from model.loading import load_model
 from util import distributed
+from util.files import OutputError, make_outdir, write_atomically, write_json, write_npz
 
 
 def parse_args(argv=None):
@@ -99,7 +100,7 @@ def save_features(outdir, name, features, sources):
     saved = {"embeddings": features["unit"], "sources": np.array(sources)}
     if features["kappa"] is not None:
         saved["kappa"] = features["kappa"]
-    np.savez(os.path.join(outdir, f"features_{name}.npz"), **saved)
+    write_atomically(os.path.join(outdir, f"features_{name}.npz"), lambda f: write_npz(f, saved), "features")
 
 
 def main(argv=None):
@@ -138,10 +139,10 @@ def main(argv=None):
         for r in rows:
             save_roc_plot(os.path.join(args.outdir, f"roc_{r['target']}.png"), *r["roc"], title=r["target"],
                           min_far=min_far)
-    with open(os.path.join(args.outdir, "results.json"), "w") as f:
-        json.dump({"checkpoint": args.checkpoint, "config": cfg, "flip": not args.no_flip,
-                   "results": [{k: v for k, v in r.items() if k != "roc"} for r in reports],
-                   "ijb": [{k: v for k, v in r.items() if k != "roc"} for r in ijb]}, f, indent=2)
+    write_json(os.path.join(args.outdir, "results.json"),
+               {"checkpoint": args.checkpoint, "config": cfg, "flip": not args.no_flip,
+                "results": [{k: v for k, v in r.items() if k != "roc"} for r in reports],
+                "ijb": [{k: v for k, v in r.items() if k != "roc"} for r in ijb]}, "results")
     print(f"results in {os.path.join(args.outdir, 'results.json')}")
     return reports + ijb
 

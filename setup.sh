@@ -46,4 +46,4 @@ if toolkit=$("$PYTHON" install/jittor_cuda.py find); then
   fi
 fi
 
-"$PYTHON" tools/warmup.py
+"$PYTHON" install/warmup.py

@@ -15,14 +15,16 @@ from functools import partial
 
 import jittor as jt
 
-from data.image_list import DataError
-from train.checkpoint import LAST, CheckpointError, OutputError
+from data.text import DataError
+from model.checkpoint import LAST, CheckpointError
+from model.loading import load_model
 from train.config import SCF, RunFinished, configure
 from train.loop import Run
-from train.model import build_scf_model, load_model
 from train.optim import step_lr
 from train.steps import NonFiniteError, scf_step
+from train.training_model import build_scf_model
 from util import distributed
+from util.files import OutputError
 
 
 def frozen_centres(frozen, source, dataset):
@@ -37,7 +39,7 @@ def frozen_centres(frozen, source, dataset):
 
 
 def main(argv=None):
-    cfg, checkpoint = configure(SCF, argv)
+    cfg, checkpoint, _ = configure(SCF, argv)
     run = Run(cfg, checkpoint)
     frozen = load_model(cfg["source_checkpoint"])
     centres = frozen_centres(frozen, cfg["source_checkpoint"], run.dataset)

@@ -9,25 +9,40 @@ divided by 10 at each of `--stages`; the targets are scored every `--eval_freq` 
 """
 import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
 
+import os
 from functools import partial
 
-from data.image_list import DataError
-from train.checkpoint import CheckpointError, OutputError, load_part
+from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
+from data.text import DataError
+from evaluation.angles import angle_summary
+from model.checkpoint import CheckpointError
 from train.config import SFACE, RunFinished, configure
 from train.loop import Run
-from train.model import build_model, start_weights
 from train.optim import stage_lr
+from train.run_state import load_part
 from train.steps import NonFiniteError, sface_step
+from train.training_model import build_model
 from train.validation import Validation, load_eval_targets
 from util import distributed
+from util.files import OutputError
+
+
+def add_label_noise(run, cfg):
+    """--label_noise: the flips drawn from the seed, trained with from the first step, listed in the outdir."""
+    flipped, original = apply_label_noise(run.dataset, cfg["label_noise"], cfg["seed"])
+    path = os.path.join(cfg["outdir"], NOISE_FILE)
+    if distributed.is_main():
+        write_noise_list(path, run.dataset, flipped, original)
+    run.log.info("label noise %g: %d of %d images trained with another class's label (drawn from seed %d), listed "
+                 "in %s", cfg["label_noise"], len(flipped), len(run.dataset), cfg["seed"], path)
 
 
 def main(argv=None):
-    cfg, checkpoint = configure(SFACE, argv)
-    weights = {}
-    if checkpoint is None:  # a new run may start from --resume_backbone / --resume_head weights
-        weights, cfg["input_norm"] = start_weights(cfg)
-    run = Run(cfg, checkpoint)
+    cfg, checkpoint, weights = configure(SFACE, argv)
+    # SFace's a is the angle below which a sample is no longer pulled: each log window counts those.
+    run = Run(cfg, checkpoint, partial(angle_summary, a=cfg["head_params"].get("a")))
+    if cfg["label_noise"]:
+        add_label_noise(run, cfg)
     validation = Validation(load_eval_targets(cfg, run.log), cfg["batch_size"],
                             checkpoint["meta"]["best"] if checkpoint else None)
     model = build_model(cfg, run.dataset.num_classes)

@@ -1,8 +1,8 @@
 """Backbones by name: `build_backbone("IR_50", input_size=(112, 112), embedding_size=512)`."""
 from functools import partial
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, checked_input_size
 from .ir import IResNet
+from .layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, checked_input_size
 from .mobilefacenet import MobileFaceNet
 from .sphereface import SphereNet
 

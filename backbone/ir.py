@@ -5,8 +5,8 @@ state_dicts map onto these modules key for key.
 """
 from jittor import nn
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 from .cpu_layers import BatchNorm, PReLU, batchnorm_prelu
+from .layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 
 UNITS_PER_STAGE = {
     18: (2, 2, 2, 2),

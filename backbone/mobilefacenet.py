@@ -6,8 +6,8 @@ fc1 (2e-5); activations are per-channel PReLU; there is no dropout.
 """
 from jittor import nn
 
-from .common import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 from .cpu_layers import BatchNorm, PReLU, batchnorm_prelu
+from .layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE, Flatten, InputNorm, checked_input_size, reference_init
 
 BN_EPS = 1e-3
 EMBEDDING_BN_EPS = 2e-5

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .image_list import ImageListDataset, decode_image, fit_input_size, read_image_list, undecodable, write_list
+from .image_list import ImageListDataset, read_image_list, write_list
+from .images import decode_image, fit_input_size, undecodable
 
 KINDS = ("missing", "unreadable", "undecodable", "wrong size", "duplicate")
 MISSING, UNREADABLE, UNDECODABLE, WRONG_SIZE, DUPLICATE = KINDS

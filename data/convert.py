@@ -16,9 +16,12 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from .image_list import (LIST_NAME, PROPERTY_NAME, DataError, decode_image, read_property, write_atomically,
-                         write_list, write_property)
+from util.files import make_outdir, remove_leftovers, write_atomically
+
+from .image_list import LIST_NAME, PROPERTY_NAME, read_property, write_list, write_property
+from .images import decode_image
 from .rec import IDX_NAME, REC_NAME, RecordError, image_records, read_image_record, record_name
+from .text import DataError
 from .verification_sets import IMAGES_DIR, PAIRS_NAME, load_bin, load_pairs_folder
 
 CONVERTED, EXISTING = "converted", "existing"
@@ -134,15 +137,17 @@ def output_class_count(rec_root, labels):
 def rec_to_images(rec_root, out, processes=os.cpu_count()):
     """`rec_root`/train.rec + train.idx -> `out`/<label>/<key>.jpg, imgs.txt (by key), property.
 
-    Images are written under a temporary name and renamed, and a file already holding an
-    image's exact size is kept, so a re-run after an interruption finishes the job. The list
+    Images are written whole or not at all (util.files), a file already holding an image's exact
+    size is kept and the temporaries of a killed run are removed, so a re-run after an
+    interruption finishes the job. The list
     and property are written last, once the files on disk match the records converted.
     Unreadable records are skipped and returned (and listed in `out`/bad_records.txt).
     """
     start = time.perf_counter()
     rec_path = os.path.join(rec_root, REC_NAME)
     keys, offsets = image_records(rec_path, os.path.join(rec_root, IDX_NAME))
-    os.makedirs(out, exist_ok=True)
+    make_outdir(out, "--out")
+    remove_leftovers(out, "*/*")
     records = list(zip(keys.tolist(), offsets.tolist()))
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     results = run_chunks(partial(convert_records, rec_path, out), chunks, processes, len(records))

@@ -6,7 +6,9 @@ other C - 1 (never its own). The flipped images are listed in `<outdir>/label_no
 """
 import numpy as np
 
-from .image_list import DataError
+from util.files import write_atomically
+
+from .text import DataError
 
 NOISE_FILE = "label_noise.txt"
 NOISE_DRAW = 11  # the generator stream of the flips, apart from the data order's and the weights'
@@ -47,7 +49,6 @@ def apply_label_noise(dataset, fraction, seed):
 
 def write_noise_list(path, dataset, flipped, original):
     """One line per flipped image: `<index> <original label> <training label> <image>` (index in the list's order)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("# index original_label training_label image\n")
-        for index, label in zip(flipped, original):
-            f.write(f"{index} {label} {dataset.labels[index]} {dataset.describe(index)}\n")
+    lines = [f"{index} {label} {dataset.labels[index]} {dataset.describe(index)}\n"
+             for index, label in zip(flipped, original)]
+    write_atomically(path, "# index original_label training_label image\n" + "".join(lines), "label-noise list")

@@ -15,7 +15,7 @@ import numpy as np
 
 from util.distributed import rank_share
 
-from .image_list import DataError
+from .text import DataError
 
 log = logging.getLogger("sface")
 MAX_SKIP_WARNINGS = 20

@@ -17,7 +17,9 @@ import struct
 
 import numpy as np
 
-from .image_list import PROPERTY_NAME, DataError, network_input, read_property, samples_fingerprint, text_lines
+from .image_list import PROPERTY_NAME, read_property, samples_fingerprint
+from .images import network_input
+from .text import DataError, text_lines
 
 REC_NAME, IDX_NAME = "train.rec", "train.idx"
 MAGIC = 0xCED7230A

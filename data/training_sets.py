@@ -3,8 +3,9 @@ import os
 
 import numpy as np
 
-from .image_list import LIST_NAME, DataError, ImageListDataset, read_image_list
+from .image_list import LIST_NAME, ImageListDataset, read_image_list
 from .rec import IDX_NAME, REC_NAME, RecDataset
+from .text import DataError
 
 
 def open_training_set(root, input_size=(112, 112)):

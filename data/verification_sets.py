@@ -12,7 +12,8 @@ import numpy as np
 
 from util.restricted_pickle import LOAD_ERRORS, RestrictedUnpickler
 
-from .image_list import DataError, prepare_image, text_lines
+from .images import prepare_image
+from .text import DataError, text_lines
 
 PAIRS_NAME = "pairs.txt"
 IMAGES_DIR = "images"

@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from util.files import write_atomically  # noqa: E402
+
 from .angles import r_inter, r_intra  # noqa: E402
 
 
@@ -54,5 +56,5 @@ def save_angle_plot(path, groups, theta_other, curves, history=None, title=""):
         ax.legend(fontsize=7, loc="lower left")
         ax.set_title("during training (metrics.jsonl)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png"), "figure")
     plt.close(fig)

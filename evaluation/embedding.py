@@ -39,7 +39,7 @@ def embed_images(backbone, images, batch_size, flip=True, desc=None):
     """
     outputs, flipped_outputs = [], []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=True if desc is None or distributed.rank() else None):
+    for start in tqdm(starts, desc=desc, leave=False, disable=None if desc and distributed.is_main() else True):
         batch = images[start:start + batch_size].transpose(0, 3, 1, 2).astype(np.float32)  # N x 3 x H x W
         outputs.append(backbone(jt.array(batch)).numpy())
         if flip:

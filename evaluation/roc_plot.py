@@ -4,6 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from util.files import write_atomically  # noqa: E402
+
 
 def save_roc_plot(path, fpr, tpr, title, min_far=1e-4):
     """TAR against FAR on a log FAR axis, the way face-verification ROCs are read, from `min_far` at most."""
@@ -18,5 +20,5 @@ def save_roc_plot(path, fpr, tpr, title, min_far=1e-4):
     ax.set_title(f"ROC: {title}")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png"), "figure")
     plt.close(fig)

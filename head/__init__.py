@@ -1,21 +1,21 @@
 """Heads by name, as `--head` selects them: `build_head("SFaceLoss", 512, num_classes, s=64, ...)`.
 
 Every head is called as `head(embeddings, labels, step)` and returns a `HeadOutput`.
-`shard=True` splits SFace's class centres over the MPI ranks (`ShardedSFaceHead`); the
+`shard=True` splits SFace's class centres over the MPI ranks (`ShardedSFaceLoss`); the
 softmax heads cannot be split that simply (their normalisation spans every class).
 """
 from collections import namedtuple
 from functools import partial
 
 from .margin import AdditiveCosineHead, ArcFaceHead, SoftmaxHead, SphereFaceHead, sphereface_margin
-from .sface import SFaceHead, ShardedSFaceHead
+from .sface import SFaceLoss, ShardedSFaceLoss
 
 # params: the --param_<x> options the head takes (SFace: scale s, slope k, centres a and b; margin
 # heads: s, m); sharded: the class splitting its centres over the ranks, or None.
 HeadKind = namedtuple("HeadKind", "build params sharded")
 
 HEADS = {
-    "SFaceLoss": HeadKind(SFaceHead, ("s", "k", "a", "b"), ShardedSFaceHead),
+    "SFaceLoss": HeadKind(SFaceLoss, ("s", "k", "a", "b"), ShardedSFaceLoss),
     "Softmax": HeadKind(SoftmaxHead, (), None),
     "CosFace": HeadKind(AdditiveCosineHead, ("s", "m"), None),
     "AMSoftmax": HeadKind(partial(AdditiveCosineHead, s=30.0, m=0.35), ("s", "m"), None),

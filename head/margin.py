@@ -13,7 +13,8 @@ import math
 
 import jittor as jt
 
-from .common import ClassCentres, HeadOutput, cosine, count_correct, mean_cosines, softmax_cross_entropy, target_mask
+from .class_centres import (ClassCentres, HeadOutput, cosine, count_correct, mean_cosines, softmax_cross_entropy,
+                            target_mask)
 
 # cos(m theta) as a polynomial in cos(theta) (Chebyshev), so no acos sits on the gradient path.
 COS_MULTIPLE = {

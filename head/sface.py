@@ -5,18 +5,14 @@ For cos_ij = <x_i/|x_i|, W_j/|W_j|> and theta_ij = acos(cos_ij):
     r_intra(t) = 1 / (1 + exp(-k (t - a))),   r_inter(t) = 1 / (1 + exp(k (t - b)))
 with both r's gradient-blocked. The loss has no softmax: it is a sum of independent
 per-(sample, class) terms, which is why `sface_terms` can work on any block of the class
-centres and the blocks' sums simply add up (`ShardedSFaceHead`).
+centres and the blocks' sums simply add up (`ShardedSFaceLoss`).
 """
 import jittor as jt
 import numpy as np
 
 from util import distributed
 
-from .common import ClassCentres, HeadOutput, centre_rows, cosine, count_correct, mean_cosines, target_mask
-
-# What the sharded head's collectives carry (the benchmark's traffic report names them so).
-EMBEDDINGS = "embeddings of the global batch (sharded head)"
-BOOKKEEPING = "train-accuracy bookkeeping (sharded head)"
+from .class_centres import ClassCentres, HeadOutput, centre_rows, cosine, count_correct, mean_cosines, target_mask
 
 
 def sface_weights(cos, mask, k, a, b):
@@ -51,7 +47,7 @@ def sface_loss(embeddings, centres, labels, s=64.0, k=80.0, a=0.87, b=1.2):
                       cos=cos)
 
 
-class SFaceHead(ClassCentres):
+class SFaceLoss(ClassCentres):
     """Class centres W (num_classes x embedding_size) and the SFace loss on them."""
 
     def __init__(self, embedding_size, num_classes, s=64.0, k=80.0, a=0.87, b=1.2, seed=0):
@@ -62,7 +58,12 @@ class SFaceHead(ClassCentres):
         return sface_loss(embeddings, self.weight, labels, self.s, self.k, self.a, self.b)
 
 
-class ShardedSFaceHead(ClassCentres):
+# What the sharded head's all-reduces carry.
+GLOBAL_BATCH = "embeddings of the global batch (sharded head)"
+ACCURACY_SUMS = "train-accuracy bookkeeping (sharded head)"
+
+
+class ShardedSFaceLoss(ClassCentres):
     """SFace with its class centres split over the MPI ranks (model parallelism, exact).
 
     Rank r holds the classes [start, stop) of `distributed.rank_share(C, r, N)`, padded to ceil(C / N)
@@ -93,7 +94,7 @@ class ShardedSFaceHead(ClassCentres):
     def execute(self, embeddings, labels, step=0):
         counts = distributed.gather_counts(embeddings.shape[0])
         all_labels = jt.array(distributed.all_gather_rows(labels.numpy().astype(np.int64), counts))
-        gathered = distributed.all_gather_var(embeddings, counts, EMBEDDINGS)  # B x D, the global batch
+        gathered = distributed.all_gather_var(embeddings, counts, GLOBAL_BATCH)  # B x D
         batch = gathered.shape[0]
         cos = cosine(gathered, self.weight)  # B x rows
         valid = (jt.arange(cos.shape[1]) < self.stop - self.start).float32().unsqueeze(0)
@@ -109,9 +110,9 @@ class ShardedSFaceHead(ClassCentres):
     def _own_correct(self, cos, mask, others, counts):
         """How many of this rank's own samples have their target cosine above every other class's, on any rank."""
         cos = cos.detach()  # not stop_grad(): that one flags `cos` itself and would cut the loss's gradient
-        target = distributed.all_reduce_sum([(mask * cos).sum(dim=1)], BOOKKEEPING)[0]  # known to every rank
+        target = distributed.all_reduce_sum([(mask * cos).sum(dim=1)], ACCURACY_SUMS)[0]  # known to every rank
         best_other = (others * cos - 3.0 * (1.0 - others)).max(dim=1)  # -3: no competitor in this block
-        blocks_beaten = distributed.all_reduce_sum([(target >= best_other).float32()], BOOKKEEPING)[0]
+        blocks_beaten = distributed.all_reduce_sum([(target >= best_other).float32()], ACCURACY_SUMS)[0]
         start = sum(counts[:distributed.rank()])
         own = blocks_beaten[start:start + counts[distributed.rank()]]
         return (own >= self.world_size - 0.5).sum()

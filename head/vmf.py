@@ -15,7 +15,6 @@ depending on kappa through that term.
 """
 import math
 
-
 # Coefficients of u_k(p) in powers of p, DLMF 10.41.10.
 DEBYE_POLYNOMIALS = (
     ({1: 3.0, 3: -5.0}, 24.0),

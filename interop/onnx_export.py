@@ -16,12 +16,12 @@ from functools import partial
 
 import numpy as np
 import onnx
-from jittor import nn
 from google.protobuf.message import DecodeError
+from jittor import nn
 from onnx import TensorProto, helper, numpy_helper
 
-from backbone.common import Flatten, InputNorm
 from backbone.ir import Subsample
+from backbone.layers import Flatten, InputNorm
 
 DEFAULT_OPSET = 13  # read by OpenCV 4.x and onnxruntime alike (checked: OpenCV 4.11, onnxruntime 1.20)
 # Gemm's bias is optional from opset 11; the nodes written here mean the same up to the newest opset.

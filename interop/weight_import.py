@@ -13,11 +13,8 @@ import json
 import numpy as np
 from jittor import nn
 
-from .torch_pickle import load_torch_file
-
 MXNET_BN_EPS = 1e-3  # MXNet's BatchNorm default
 TORCH_BN_EPS = 1e-5  # PyTorch's BatchNorm default
-NUMERIC_KINDS = "biufc"  # numpy dtype kinds: bool, signed and unsigned integers, floats, complex
 SFACE_TORCH_INPUT_SCALE = 0.078125  # official SFace code: (x - 127.5) * 0.078125
 
 
@@ -115,32 +112,4 @@ def from_xiaoccer_pytorch(state_dict, model):
     arrays["pre_fc1.weight"] = weight.reshape(weight.shape[0], -1)
     arrays["pre_fc1.bias"] = np.zeros(weight.shape[0], np.float32)
     bn("linear1.bn", "fc1")
-    return arrays
-
-
-# ---- official SFace / face.evoLVe PyTorch state dicts (same names as this project) ----
-
-def state_dict_arrays(obj, path):
-    """A loaded state dict checked to be {name: numeric array}; ValueError naming the file otherwise."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds an object of type {type(obj).__name__}, not a state dict (names -> arrays)")
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, np.ndarray) or value.dtype.kind not in NUMERIC_KINDS:
-            what = f"an array of {value.dtype}" if isinstance(value, np.ndarray) else f"a {type(value).__name__} value"
-            raise ValueError(f"{path}: not a state dict of numeric arrays ({key!r} holds {what})")
-    return dict(obj)
-
-
-def read_reference_pytorch(path):
-    """A PyTorch state-dict file (torch.save, read without running code) -> this project's arrays."""
-    return from_reference_pytorch(state_dict_arrays(load_torch_file(path), path))
-
-
-def from_reference_pytorch(state_dict):
-    """Strip DataParallel's 'module.' prefix and BatchNorm's num_batches_tracked; names already match."""
-    arrays = {}
-    for key, value in state_dict.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if not key.endswith("num_batches_tracked"):
-            arrays[key] = np.asarray(value, np.float32)
     return arrays

@@ -1,16 +1,15 @@
-"""Shared fixtures. Tests run on the CPU; `util.runtime` must be imported before jittor."""
+"""Shared fixtures. Tests run on the CPU; `util.runtime` must be imported before jittor (pytest.ini puts the
+repository on the import path)."""
+import util.runtime  # noqa: F401
+
 import os
 import shutil
 import struct
-import sys
 import zlib
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import util.runtime  # noqa: E402,F401
+from util.files import REPO_ROOT
 
 SHARED_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
 DEMO_ROOT = os.path.join(REPO_ROOT, "data", "demo")

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from model.checkpoint import CheckpointError, load_checkpoint
 from train.amp import LossScale
-from train.checkpoint import CheckpointError, load_checkpoint, restore_state, save_state
 from train.config import SFACE, configure
-from train.model import build_model
 from train.optim import SGD
+from train.run_state import restore_state, save_state
 from train.steps import NonFiniteError, sface_step
+from train.training_model import build_model
 
 
 def test_loss_scale_halves_on_overflow_and_doubles_after_a_run_of_good_steps():
@@ -66,8 +67,8 @@ def test_a_non_finite_gradient_skips_the_step_under_a_loss_scale():
 
 
 def tiny_config(*extra):
-    cfg, _ = configure(SFACE, ["--net", "MobileFaceNet", "--workers_id", "cpu", "--target", "none",
-                               "--batch_size", "4", "--lr", "0.01", *extra])
+    cfg = configure(SFACE, ["--net", "MobileFaceNet", "--workers_id", "cpu", "--target", "none",
+                               "--batch_size", "4", "--lr", "0.01", *extra]).cfg
     return cfg
 
 

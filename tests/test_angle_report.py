@@ -76,10 +76,10 @@ def report_json(command, out):
 
 
 def test_angle_report_on_the_runs_checkpoint_in_one_process_and_two_ranks(noisy_run, tmp_path):
-    from evaluation.angles import percentiles
-    from data.label_noise import flip_labels
     from data.image_list import read_image_list
-    from train.model import load_backbone
+    from data.label_noise import flip_labels
+    from evaluation.angles import percentiles
+    from model.loading import load_model
     data_root, outdir, _ = noisy_run
     out = str(tmp_path / "one")
     single, printed = report_json([sys.executable, REPORT, "--checkpoint", str(outdir), "--out", out,
@@ -88,8 +88,9 @@ def test_angle_report_on_the_runs_checkpoint_in_one_process_and_two_ranks(noisy_
     assert "suggested (a, b)" in printed and "no longer pulled (theta_y < a = 0.87)" in printed
     # Independently: embed with the checkpoint's backbone, cosines to its centres, the run's noisy labels.
     import jittor as jt
+
     from data.training_sets import open_training_set
-    backbone, cfg = load_backbone(str(outdir / "last.npz"))
+    backbone, _, cfg, _ = load_model(str(outdir / "last.npz"))
     dataset = open_training_set(str(data_root))
     images = np.stack([dataset.load(i)[0] for i in range(len(dataset))])
     with jt.no_grad():
@@ -115,7 +116,7 @@ def test_angle_report_on_the_runs_checkpoint_in_one_process_and_two_ranks(noisy_
 def random_checkpoint(path, data_root, classes):
     """A MobileFaceNet checkpoint with random weights and `classes` SFace centres, trained (it says) on data_root."""
     from backbone import build_backbone
-    from train.checkpoint import module_arrays, save_checkpoint
+    from model.checkpoint import module_arrays, save_checkpoint
     config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128,
               "head": "SFaceLoss", "head_params": {"s": 64.0, "k": 80.0, "a": 0.87, "b": 1.22},
               "data_root": str(data_root), "seed": 0}
@@ -131,7 +132,7 @@ def angle_report(*args):
 
 
 def test_data_with_more_classes_than_the_checkpoint_has_centres_is_refused(tiny_face_set, tmp_path):
-    from data.image_list import DataError
+    from data.text import DataError
     data_root, _ = tiny_face_set(classes=4, per_class=2)
     checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=3)
     with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: 4 classes, but {checkpoint} has 3 class centres"):
@@ -139,7 +140,7 @@ def test_data_with_more_classes_than_the_checkpoint_has_centres_is_refused(tiny_
 
 
 def test_the_report_makes_its_folders_and_refuses_one_it_cannot_make_before_any_work(tiny_face_set, tmp_path):
-    from train.checkpoint import OutputError
+    from util.files import OutputError
     data_root, _ = tiny_face_set(classes=2, per_class=2)
     checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=2)
     out = tmp_path / "reports" / "new" / "angles"
@@ -153,7 +154,7 @@ def test_the_report_makes_its_folders_and_refuses_one_it_cannot_make_before_any_
 
 
 def test_a_metrics_file_cut_by_a_crash_is_read_to_its_last_whole_line(tiny_face_set, tmp_path, capsys):
-    from data.image_list import DataError
+    from data.text import DataError
     data_root, _ = tiny_face_set(classes=2, per_class=2)
     checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=2)
     angles = {key: {"p5": 0.5, "p50": 1.0, "p95": 1.5} for key in ("theta_target", "theta_other")}
@@ -171,7 +172,7 @@ def test_a_metrics_file_cut_by_a_crash_is_read_to_its_last_whole_line(tiny_face_
 
 
 def test_a_data_root_without_one_readable_image_is_refused_by_name(tiny_face_set, tmp_path):
-    from data.image_list import DataError
+    from data.text import DataError
     data_root, entries = tiny_face_set(classes=2, per_class=2)
     for path, _ in entries:
         os.remove(data_root / path)

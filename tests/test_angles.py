@@ -2,6 +2,7 @@
 in training (train/logger.py) and the angles a training step reads from its cosines (train/steps.py)."""
 import json
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,13 +66,14 @@ def test_window_logs_the_angles_of_its_steps_and_resumes_exactly():
     steps = [{"loss": float(rng.normal()), "samples": 3, "correct": 1, "steps": 1,
               "theta_target": rng.uniform(0, 2, 3).tolist(), "theta_other": rng.uniform(1, 2, 3).tolist()}
              for _ in range(4)]
-    whole = TrainWindow(a=0.87)
+    summarise = partial(angle_summary, a=0.87)
+    whole = TrainWindow(None, summarise)
     for s in steps:
         whole.add(s)
-    half = TrainWindow(a=0.87)
+    half = TrainWindow(None, summarise)
     for s in steps[:2]:
         half.add(s)
-    resumed = TrainWindow(json.loads(json.dumps(half.sums)), a=0.87)  # the sums' round trip through a checkpoint
+    resumed = TrainWindow(json.loads(json.dumps(half.sums)), summarise)  # the sums' round trip through a checkpoint
     for s in steps[2:]:
         resumed.add(s)
     progress = {"step": 4, "epoch": 0}

@@ -7,8 +7,8 @@ import pytest
 from jittor import nn
 
 from backbone import BACKBONES, build_backbone
-from backbone.common import count_parameters
 from backbone.ir import UNITS_PER_STAGE
+from backbone.layers import count_parameters
 
 # Measured on the official PyTorch IR_50 (face.evoLVe / SFace_torch), 112x112, 512-d.
 REFERENCE_IR_50_PARAMETERS = 43_574_976

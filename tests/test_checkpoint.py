@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from train import checkpoint
-from train.checkpoint import (CheckpointError, OutputError, load_checkpoint, load_weights, module_arrays,
-                              open_run_folder, read_weights, run_checkpoint, save_checkpoint)
+from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, run_checkpoint,
+                              save_checkpoint)
+from model.weight_files import read_weights
+from train.run_state import open_run_folder
+from util import files
+from util.files import OutputError
 
 
 def test_round_trip_keeps_every_array_and_the_meta(tmp_path):
@@ -41,7 +44,7 @@ def test_rewriting_replaces_the_file_whole(tmp_path):
 
 
 def disk_full_after(room):
-    """An `open` for the checkpoint module whose files take `room` bytes, then fail as a full disk does."""
+    """An `open` for the file writer (util.files) whose files take `room` bytes, then fail as a full disk does."""
     class FullDisk(io.FileIO):
         def write(self, data):
             left = room - self.tell()
@@ -59,7 +62,7 @@ def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_leaves_nothing_b
     save_checkpoint(path, {"progress": {"step": 1}}, {}, {"w": np.ones(3, np.float32)})
     weights = {"a": np.ones(10_000, np.float32)}  # whole: 41030 bytes, the directory from 40838
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # what would reach a user's terminal
-    monkeypatch.setattr(checkpoint, "open", disk_full_after(room), raising=False)
+    monkeypatch.setattr(files, "open", disk_full_after(room), raising=False)
     with pytest.raises(OutputError, match=f"{path}: cannot write the checkpoint \\(No space left on device\\); the "
                                           f"previous {path} is intact"):
         save_checkpoint(path, {"progress": {"step": 2}}, weights, {"w": np.ones(3, np.float32)})

@@ -7,11 +7,11 @@ import jittor as jt
 import pytest
 
 from conftest import REPO_ROOT
-from train.checkpoint import save_checkpoint
+from model.checkpoint import save_checkpoint
 
 SCRIPTS = {name: os.path.join(REPO_ROOT, *name.split("/")) for name in (
     "train_SFace_jittor.py", "train_SCF_jittor.py", "eval_SFace_jittor.py", "benchmark.py",
-    "tools/scf_quality_check.py")}
+    "experiments/scf_quality_check.py")}
 DATA_TOOLS = os.path.join(REPO_ROOT, "tools", "data_tools.py")
 
 
@@ -46,7 +46,7 @@ def test_a_gpu_asked_for_but_absent_stops_every_script(tmp_path):
         "train_SCF_jittor.py": ["--checkpoint", model, "--data_mode", "demo"],
         "eval_SFace_jittor.py": ["--checkpoint", model, "--target", "lfw_demo"],
         "benchmark.py": ["--net", "MobileFaceNet", "--batch_size", "2", "--steps", "1", "--warmup", "0"],
-        "tools/scf_quality_check.py": ["--checkpoint", model, "--target", "lfw_demo"],
+        "experiments/scf_quality_check.py": ["--checkpoint", model, "--target", "lfw_demo"],
     }
     for name, args in arguments.items():
         result = subprocess.run([sys.executable, SCRIPTS[name], *args, "--workers_id", "1"], cwd=REPO_ROOT,
@@ -90,7 +90,7 @@ def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step_a
 
 
 def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_path, capsys, monkeypatch):
-    from tools import noise_experiment
+    from experiments import noise_experiment
     for args, message in ((["--noise", "abc"], "argument --noise: not a number: 'abc'"),
                           (["--noise", "0,1.5"], "argument --noise: each level must be a fraction in [0, 1), got 1.5"),
                           (["--noise", "nan"], "argument --noise: must be a finite number, got 'nan'"),
@@ -103,7 +103,7 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
         assert stop.value.code == 2 and message in capsys.readouterr().err, args
     assert not (tmp_path / "never").exists()
     (tmp_path / "train_SFace_jittor.py").write_text("import sys\nsys.exit(3)\n")  # a training run that fails
-    monkeypatch.setattr(noise_experiment, "ROOT", str(tmp_path))
+    monkeypatch.setattr(noise_experiment, "REPO_ROOT", str(tmp_path))
     with pytest.raises(SystemExit) as stop:
         noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--heads", "ArcFace", "--noise", "0.2"])
     assert str(stop.value.code).startswith("error: this run ended with exit status 3 (its messages are above): ")

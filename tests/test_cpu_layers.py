@@ -5,8 +5,8 @@ import pytest
 from jittor import nn
 
 from backbone import build_backbone, cpu_layers
-from backbone.common import is_running_stat
 from backbone.cpu_layers import BatchNorm, PReLU, batchnorm_prelu, channel_sums
+from backbone.layers import is_running_stat
 
 
 def randomise(module, rng):

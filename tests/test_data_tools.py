@@ -12,7 +12,9 @@ import pytest
 from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, small_pairs_folder, write_image_list
 from data.check import check_list, size_histogram, write_clean_list
 from data.convert import bin_to_pairs_folder, folder_to_list, pairs_folder_to_bin, pairs_header
-from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
+from data.image_list import ImageListDataset, read_image_list
+from data.images import decode_image
+from data.text import DataError
 from data.verification_sets import PairSet, load_pairs_folder, parse_pairs_txt
 
 TOOLS = os.path.join(REPO_ROOT, "tools", "data_tools.py")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO_ROOT, assert_same_angles
 from data.loader import epoch_order
-from train.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint
 from util.distributed import rank_share
 from util.runtime import rank_gpu
 
@@ -192,9 +192,10 @@ def test_skipped_images_are_counted_over_every_rank(tiny_face_set, tmp_path):
 def test_benchmark_accounts_for_every_collective_of_a_step():
     """The mpirun benchmark's byte counts match the model: one all-reduce of every replicated gradient,
     four per synchronised BatchNorm layer (statistics forward and back), the gathered batch twice."""
-    from backbone import build_backbone
-    from backbone.common import count_parameters
     from jittor import nn
+
+    from backbone import build_backbone
+    from backbone.layers import count_parameters
     backbone = build_backbone("MobileFaceNet")
     batchnorms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm)]
     command = mpirun(2, os.path.join(REPO_ROOT, "benchmark.py"), "--net", "MobileFaceNet", "--num_classes", "7",

@@ -9,7 +9,7 @@ import pytest
 
 from backbone import build_backbone_from_config
 from conftest import REPO_ROOT, shared_path, small_pairs_folder
-from train.checkpoint import module_arrays, save_checkpoint
+from model.checkpoint import module_arrays, save_checkpoint
 
 EVAL = os.path.join(REPO_ROOT, "eval_SFace_jittor.py")
 IMPORT = os.path.join(REPO_ROOT, "tools", "import_weights.py")

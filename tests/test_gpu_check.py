@@ -1,4 +1,4 @@
-"""tools/gpu_check.py on the CPU at small sizes: every check against numpy, the training and embedding
+"""install/gpu_check.py on the CPU at small sizes: every check against numpy, the training and embedding
 throughput rows, and its mpirun-vs-one-process and resume comparisons on the demo data."""
 import importlib.util
 import os
@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 
 
 def test_gpu_check_passes_on_the_cpu_and_reports_every_check():
-    done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "gpu_check.py"), "--small"],
+    done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "install", "gpu_check.py"), "--small"],
                           capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT)
     rows = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -24,7 +24,7 @@ def test_gpu_check_passes_on_the_cpu_and_reports_every_check():
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(REPO_ROOT, "tools", "gpu_check.py"))
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(REPO_ROOT, "install", "gpu_check.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -16,11 +16,11 @@ import pytest
 from backbone import build_backbone_from_config
 from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path
 from data.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
-from data.ijb import load_ijb
-from data.image_list import DataError
-from evaluation.ijb import IJB_FAR_TARGETS, ijb_report, pool_templates, scf_pool_templates
+from data.ijb_sets import load_ijb
+from data.text import DataError
+from evaluation.ijb_scoring import IJB_FAR_TARGETS, ijb_report, pool_templates, scf_pool_templates
 from evaluation.scf_scoring import pair_scores, pool_template
-from train.checkpoint import module_arrays, save_checkpoint
+from model.checkpoint import module_arrays, save_checkpoint
 
 EVAL = os.path.join(REPO_ROOT, "eval_SFace_jittor.py")
 IMPORT = os.path.join(REPO_ROOT, "tools", "import_weights.py")

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from conftest import write_image_list
-from data.image_list import DataError, ImageListDataset, read_image_list
+from data.image_list import ImageListDataset, read_image_list
 from data.label_noise import apply_label_noise, flip_labels, write_noise_list
+from data.text import DataError
 from train.config import SFACE, configure
 
 
@@ -59,7 +60,7 @@ def test_a_fraction_outside_0_1_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as stopped:
         configure(SFACE, ["--data_root", "/no/such/folder", "--label_noise", value])
     assert stopped.value.code == 2 and "--label_noise must be a fraction in [0, 1)" in capsys.readouterr().err
-    assert configure(SFACE, ["--data_root", "/x", "--label_noise", "0.2"])[0]["label_noise"] == 0.2
+    assert configure(SFACE, ["--data_root", "/x", "--label_noise", "0.2"]).cfg["label_noise"] == 0.2
 
 
 def test_one_class_cannot_be_flipped_and_the_list_is_named(tmp_path):

@@ -20,8 +20,8 @@ from backbone import build_backbone
 from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
 from interop.onnx_export import ExportError, backbone_onnx, onnx_input_size
-from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
-from train.model import load_model
+from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
+from model.loading import load_model
 
 TOLERANCE = 1e-4
 EXPORT, EVAL_OPENCV, VERIFY = (os.path.join(REPO_ROOT, "tools", name)

@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from util.files import REPO_ROOT
+
 BATCH = 8
 CLASSES = 10
 
@@ -19,14 +20,13 @@ def profiled_peak(kind):
     import jittor as jt
     import numpy as np
 
-    from benchmark import live_peak_bytes
+    from benchmark import live_peak_bytes, reference_sgd
     from train.config import SFACE, configure
-    from train.model import build_model
-    from train.optim import reference_sgd
     from train.steps import sface_step
+    from train.training_model import build_model
 
-    cfg, _ = configure(SFACE, ["--net", "MobileFaceNet", "--workers_id", "cpu", "--target", "none",
-                               "--batch_size", str(BATCH), "--lr", "0.01"])
+    cfg = configure(SFACE, ["--net", "MobileFaceNet", "--workers_id", "cpu", "--target", "none",
+                               "--batch_size", str(BATCH), "--lr", "0.01"]).cfg
     model = build_model(cfg, CLASSES)
     model.backbone.train()
     rng = np.random.default_rng(0)
@@ -61,7 +61,7 @@ def profiled_peak(kind):
 
 def peak_in_new_process(kind):
     result = subprocess.run([sys.executable, os.path.abspath(__file__), kind], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
     assert result.returncode == 0, result.stderr[-3000:]
     return int(result.stdout.split()[-1])
 
@@ -74,6 +74,5 @@ def test_the_training_step_peaks_no_higher_than_a_plain_jittor_sgd_step():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO_ROOT)
     import util.runtime  # noqa: F401  (must precede jittor)
     print(profiled_peak(sys.argv[1]))

@@ -15,9 +15,10 @@ import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT
 from data.convert import rec_to_images
-from data.image_list import DataError, ImageListDataset, read_image_list
+from data.image_list import ImageListDataset, read_image_list
 from data.loader import BatchLoader
 from data.rec import MAGIC, RecDataset, RecordError, image_records, read_idx, read_record
+from data.text import DataError
 from data.training_sets import open_training_set
 
 MAGIC_WORD = struct.pack("<I", MAGIC)
@@ -210,7 +211,7 @@ def test_an_interrupted_conversion_resumed_matches_an_uninterrupted_one(tmp_path
     images = sorted(p for p in expected if p.endswith(".jpg"))
     for path in images[6:]:
         os.remove(resumed / path)
-    (resumed / (images[6] + ".part")).write_bytes(expected[images[6]][:500])
+    (resumed / (images[6] + ".tmp4242")).write_bytes(expected[images[6]][:500])
     (resumed / images[5]).write_bytes(expected[images[5]][:300])
 
     report = rec_to_images(str(tmp_path / "rec"), str(resumed), processes=2)

@@ -20,9 +20,10 @@ import pytest
 
 from backbone import build_backbone
 from conftest import REPO_ROOT
-from interop.torch_pickle import LEGACY_MAGIC
-from train.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_checkpoint, read_weights
-from train.model import load_model
+from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, load_checkpoint
+from model.loading import load_model
+from model.torch_pickle import LEGACY_MAGIC
+from model.weight_files import read_weights
 from util.restricted_pickle import RestrictedUnpickler
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")

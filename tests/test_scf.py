@@ -9,14 +9,15 @@ import pytest
 
 from backbone import build_backbone_from_config
 from conftest import DEMO_ROOT, REPO_ROOT, small_pairs_folder
-from data.image_list import DataError, read_image_list
-from train.checkpoint import load_checkpoint, module_arrays, save_checkpoint
+from data.image_list import read_image_list
+from data.text import DataError
+from model.checkpoint import load_checkpoint, module_arrays, save_checkpoint
 from train.config import SFACE, configure
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
 TRAIN_SCF = os.path.join(REPO_ROOT, "train_SCF_jittor.py")
 EVAL = os.path.join(REPO_ROOT, "eval_SFace_jittor.py")
-QUALITY_CHECK = os.path.join(REPO_ROOT, "tools", "scf_quality_check.py")
+QUALITY_CHECK = os.path.join(REPO_ROOT, "experiments", "scf_quality_check.py")
 
 
 def run(*command):
@@ -148,7 +149,7 @@ def test_data_mode_demo_means_the_same_in_both_training_scripts(tmp_path):
         "--outdir", str(tmp_path / "scf"))
     with open(tmp_path / "scf" / "config.json") as f:
         scf = json.load(f)
-    sface = configure(SFACE, ["--data_mode", "demo"])[0]
+    sface = configure(SFACE, ["--data_mode", "demo"]).cfg
     shared = ("data_root", "batch_size", "num_workers", "log_freq", "save_freq")
     assert {k: scf[k] for k in shared} == {k: sface[k] for k in shared}
     assert scf["data_root"] == DEMO_ROOT and scf["batch_size"] == 32

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from head import build_head
-from head.sface import SFaceHead, sface_loss
+from head.sface import SFaceLoss, sface_loss
 
 S, K, A, B = 64.0, 80.0, 0.87, 1.2
 
@@ -121,7 +121,7 @@ def test_rescale_factors_are_gradient_blocked():
 
 def test_head_module_uses_its_parameters():
     head = build_head("SFaceLoss", 16, 7, s=S, k=K, a=A, b=B)
-    assert isinstance(head, SFaceHead) and tuple(head.weight.shape) == (7, 16)
+    assert isinstance(head, SFaceLoss) and tuple(head.weight.shape) == (7, 16)
     x = np.random.default_rng(6).normal(size=(3, 16)).astype(np.float32)
     labels = np.array([1, 6, 0])
     out = head(jt.array(x), jt.array(labels))
@@ -133,7 +133,7 @@ def test_head_module_uses_its_parameters():
 
 def test_class_centres_are_the_same_however_they_are_split():
     """Any block of rows is the full matrix's (what lets a sharded head start where an unsharded one does)."""
-    from head.common import CENTRE_BLOCK, centre_rows
+    from head.class_centres import CENTRE_BLOCK, centre_rows
     classes = 2 * CENTRE_BLOCK + 100
     full = centre_rows(classes, 8, 0, classes, seed=3)
     for start, stop in ((0, 1), (5, CENTRE_BLOCK + 7), (CENTRE_BLOCK, classes), (classes - 3, classes)):

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder
-from data.image_list import DataError
-from train.checkpoint import OutputError, load_checkpoint
+from data.text import DataError
+from model.checkpoint import load_checkpoint
+from model.loading import load_model
 from train.config import SCF, SFACE, RunFinished, configure
-from train.model import load_backbone
+from util.files import OutputError
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
 
 
 def parse_config(argv):
-    return configure(SFACE, argv)[0]
+    return configure(SFACE, argv).cfg
 
 
 def train_args(data_root, outdir, *extra):
@@ -99,7 +100,7 @@ def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tm
     assert "conv_1.conv2d.weight" in last["backbone"] and last["head"]["weight"].shape == (4, 512)
     assert os.path.exists(outdir / "train.log") and os.path.exists(outdir / "config.json")
     assert os.path.exists(outdir / "best.npz") == bool(best["step"])  # only a trained model can be "best"
-    backbone, cfg = load_backbone(str(outdir / "last.npz"))  # weights alone, from the same format
+    backbone, _, cfg, _ = load_model(str(outdir / "last.npz"))  # weights alone, from the same format
     np.testing.assert_array_equal(backbone.state_dict()["conv_1.conv2d.weight"].numpy(),
                                   last["backbone"]["conv_1.conv2d.weight"])
     assert cfg["input_norm"] == [127.5, 1 / 128] and not backbone.is_training()

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import oversized_png, write_image_list
-from data.image_list import DataError, ImageListDataset, decode_image, read_image_list
+from data.image_list import ImageListDataset, read_image_list
+from data.images import decode_image
 from data.loader import BatchLoader, epoch_order
+from data.text import DataError
 from util.distributed import rank_share
 
 

@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
 from evaluation.protocol import (EUCLIDEAN_THRESHOLDS, contiguous_folds, flip_fused, kfold_accuracy, pair_distances,
-                               roc_figures, score_thresholds, verification_report, xnorm)
+                                 roc_figures, score_thresholds, verification_report, xnorm)
 
 
 def kfold_accuracy_by_the_book(distances, issame, thresholds, folds=10):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.image_list import DataError
+from data.text import DataError
 from data.verification_sets import load_bin, load_pairs_folder, load_target, parse_pairs_txt
 from evaluation.embedding import EvalTarget
 

@@ -13,12 +13,11 @@ import pytest
 
 from backbone import build_backbone
 from conftest import REPO_ROOT
-from interop.torch_pickle import LEGACY_MAGIC, load_torch_file
-from interop.weight_import import (XIAOCCER_LAYERS, batchnorm_eps, from_reference_pytorch, from_xiaoccer_pytorch,
-                                   set_batchnorm)
-from train.checkpoint import load_weights, module_arrays, read_weights
-from train.model import load_backbone
-
+from interop.weight_import import XIAOCCER_LAYERS, batchnorm_eps, from_xiaoccer_pytorch, set_batchnorm
+from model.checkpoint import load_weights, module_arrays
+from model.loading import load_model
+from model.torch_pickle import LEGACY_MAGIC, load_torch_file
+from model.weight_files import from_reference_pytorch, read_weights
 
 # ---- a minimal torch.save look-alike (no PyTorch here): the pickle refers to torch globals ----
 
@@ -213,7 +212,7 @@ def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
                               cwd=REPO_ROOT, capture_output=True, text=True)
 
     assert import_to(out).returncode == 0
-    backbone, cfg = load_backbone(str(out))
+    backbone, _, cfg, _ = load_model(str(out))
     assert cfg["embedding_size"] == 64 and cfg["input_norm"] == [127.5, 0.078125]
     np.testing.assert_array_equal(backbone.body[3].res_layer[1].weight.numpy(), arrays["body.3.res_layer.1.weight"])
     refused = import_to(out / "inside_a_file.npz")  # where nothing can be written: a message, not a traceback

@@ -15,7 +15,6 @@ gives the second panel. Suggestion rule: a = the 90th percentile of theta_y, b =
 of theta_j less 3/k (evaluation/angles.py).
 """
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,17 +25,18 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data.image_list import DataError  # noqa: E402
 from data.label_noise import apply_label_noise  # noqa: E402
+from data.text import DataError  # noqa: E402
 from data.training_sets import open_training_set  # noqa: E402
 from evaluation.angle_plot import save_angle_plot  # noqa: E402
 from evaluation.angles import PERCENTILES, angles, fraction_unpulled, percentiles, suggest_ab  # noqa: E402
 from evaluation.embedding import embed_images, gather_rows  # noqa: E402
+from evaluation.metrics_file import read_metrics  # noqa: E402
 from evaluation.protocol import l2_normalize  # noqa: E402
-from train.checkpoint import CheckpointError, OutputError, make_outdir, run_checkpoint  # noqa: E402
-from train.logger import read_metrics  # noqa: E402
-from train.model import load_model  # noqa: E402
+from model.checkpoint import CheckpointError, run_checkpoint  # noqa: E402
+from model.loading import load_model  # noqa: E402
 from util import distributed  # noqa: E402
+from util.files import OutputError, make_outdir, write_json  # noqa: E402
 
 MAX_OTHER = 2_000_000  # theta_j: every non-target pair up to this many, else a random sample of this size
 DEFAULT_K = 80.0  # SFace's slope, for the suggested curves of runs that have none
@@ -157,8 +157,7 @@ def report(args, history):
     title = (f"{cfg.get('net')} + {cfg.get('head')}, {found['images']} training images, "
              f"{os.path.basename(args.checkpoint)}")
     save_angle_plot(args.out + ".png", groups, theta_j, curves, history, title)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out + ".json", result, "angle report")
     print_report(result, sface and params)
     print(f"wrote {args.out}.png and {args.out}.json")
     return result

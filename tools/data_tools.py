@@ -25,8 +25,10 @@ import numpy as np  # noqa: E402
 from data.check import KINDS, check_list, size_histogram, write_clean_list  # noqa: E402
 from data.convert import (BAD_RECORDS_NAME, LABEL_MAP_NAME, bin_to_pairs_folder, folder_to_list,  # noqa: E402
                           pairs_folder_to_bin, rec_to_images)
-from data.image_list import LIST_NAME, DataError, parse_size  # noqa: E402
+from data.image_list import LIST_NAME  # noqa: E402
+from data.images import parse_size  # noqa: E402
 from data.rec import REC_NAME, record_name  # noqa: E402
+from data.text import DataError  # noqa: E402
 
 LISTED_BAD_RECORDS = 20
 

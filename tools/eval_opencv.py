@@ -22,12 +22,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.image_list import DataError  # noqa: E402
+from data.text import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from evaluation.protocol import flip_fused, pair_distances, verification_report  # noqa: E402
 from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
-from train.config import finite_float  # noqa: E402
+from util.options import finite_float  # noqa: E402
 
 FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the image
 

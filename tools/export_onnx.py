@@ -15,11 +15,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
 
-import onnx  # noqa: E402
 
 from interop.onnx_export import DEFAULT_OPSET, ExportError, backbone_onnx  # noqa: E402
-from train.checkpoint import CheckpointError, OutputError, is_scf, make_outdir  # noqa: E402
-from train.model import load_model  # noqa: E402
+from model.checkpoint import CheckpointError, is_scf  # noqa: E402
+from model.loading import load_model  # noqa: E402
+from util.files import OutputError, make_outdir, write_atomically  # noqa: E402
 
 
 def batch_size(text):
@@ -43,10 +43,7 @@ def export(checkpoint, out, batch, opset):
     metadata = {"source_checkpoint": os.path.abspath(checkpoint), "net": cfg["net"],
                 "input": f"{'x'.join(map(str, cfg['input_hw']))} RGB 0..255, NCHW float32"}
     proto = backbone_onnx(model.backbone, cfg["input_hw"], batch, opset, source=checkpoint, metadata=metadata)
-    try:
-        onnx.save(proto, out)
-    except OSError as e:
-        raise OutputError(f"{out}: cannot write the model ({e.strerror or e})") from None
+    write_atomically(out, proto.SerializeToString(), "model")
     return cfg, proto
 
 

@@ -11,7 +11,7 @@
         [--head Head_SFaceLoss.pth] --out models/ir50_sface.npz
 
 The result loads like any checkpoint: `eval_SFace_jittor.py --checkpoint <out>`,
-`train_SFace_jittor.py --resume_backbone <out>`, or `train.model.load_backbone(<out>)`.
+`train_SFace_jittor.py --resume_backbone <out>`, or `model.loading.load_model(<out>)`.
 PyTorch files are read without PyTorch; MXNet parameters must be given as a .npz of
 `arg:<name>` / `aux:<name>` arrays.
 """
@@ -27,12 +27,13 @@ import util.runtime  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from backbone import build_backbone_from_config  # noqa: E402
-from backbone.common import DEFAULT_INPUT_MEAN  # noqa: E402
-from data.image_list import parse_size  # noqa: E402
-from interop.torch_pickle import load_torch_file  # noqa: E402
-from interop.weight_import import (SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet,  # noqa: E402
-                                   from_xiaoccer_pytorch, read_reference_pytorch, state_dict_arrays)
-from train.checkpoint import OutputError, load_weights, save_checkpoint  # noqa: E402
+from backbone.layers import DEFAULT_INPUT_MEAN  # noqa: E402
+from data.images import parse_size  # noqa: E402
+from interop.weight_import import SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet, from_xiaoccer_pytorch  # noqa: E402
+from model.checkpoint import load_weights, save_checkpoint  # noqa: E402
+from model.torch_pickle import load_torch_file  # noqa: E402
+from model.weight_files import read_reference_pytorch, state_dict_arrays  # noqa: E402
+from util.files import OutputError  # noqa: E402
 
 
 def backbone_config(net, input_hw, embedding_size, input_norm, source):

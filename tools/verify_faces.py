@@ -21,14 +21,14 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from data.image_list import decode_image, fit_input_size  # noqa: E402
+from data.images import decode_image, fit_input_size  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
 from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
-from train.checkpoint import CheckpointError  # noqa: E402
-from train.config import finite_float  # noqa: E402
-from train.model import load_model  # noqa: E402
+from model.checkpoint import CheckpointError  # noqa: E402
+from model.loading import load_model  # noqa: E402
+from util.options import finite_float  # noqa: E402
 
 ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
               "cv2.FaceRecognizerSF.alignCrop(image, face) warps it (README, Deployment)")

@@ -1,25 +1,29 @@
-"""Command lines -> run configs (plain dicts), for both training scripts, with the presets as plain data.
+"""Command lines -> run configs, for both training scripts, with the presets as plain data.
 
 Each script's options are a table (`SFACE`, `SCF`). An option left unset takes its value from
-the `--data_mode` preset, then from the table. `resolve` validates the values and derives the
-keys the code reads (targets, input_hw, stage_epochs, ...). A resumed run takes the
-checkpoint's options, the ones it may change from its own command line, and resolves again:
-no derived key can go stale. The config is what the run logs, writes to `config.json` and
-stores in checkpoints.
+the `--data_mode` preset, then from the table. `resolve` validates the values and derives every
+key the code reads (targets, input_hw, stage_epochs, the device, the input normalisation of the
+starting weights, ...); the result is read-only (`FrozenConfig`): nothing downstream adds to it or
+changes it. A resumed run takes the checkpoint's options, the ones it may change from its own
+command line, and resolves again: no derived key can go stale. The config is what the run logs,
+writes to `config.json` and stores in checkpoints.
 """
 import argparse
-import math
 import os
 from collections import namedtuple
 
 from backbone import check_backbone
-from data.image_list import DataError, parse_size
+from data.images import parse_size
+from data.text import DataError
 from head import HEADS, head_params
-from util.distributed import WORKERS_ID_HELP, parse_workers
+from model.checkpoint import CheckpointError, model_config
+from util.distributed import WORKERS_ID_HELP, parse_workers, select_device
+from util.files import REPO_ROOT
+from util.options import finite_float
 
-from .checkpoint import CheckpointError, model_config, training_checkpoint
+from .run_state import training_checkpoint
+from .training_model import start_weights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACE_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
 Option = namedtuple("Option", "type default help")
@@ -135,17 +139,6 @@ SCF = Spec("train_SCF_jittor.py", "Train Sphere Confidence Face (a per-image kap
            COMMON_OVERRIDABLE, scf=True)
 
 
-def finite_float(text):
-    """A float option's type: NaN and infinity are refused on the command line (an --lr nan trains NaN weights)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
-    return value
-
-
 def build_parser(spec):
     p = argparse.ArgumentParser(description=spec.description + " Options left unset take the --data_mode "
                                 "preset's value, then the default shown.")
@@ -186,6 +179,30 @@ def check_ranges(cfg, positive, non_negative):
             raise ValueError(f"--{key} must be >= 0, got {cfg[key]}")
 
 
+class FrozenConfig(dict):
+    """A resolved run config: a dict (JSON, checkpoints and logs take it as one) that refuses every change, its
+    lists held as tuples and its dicts frozen too."""
+
+    def __init__(self, values=()):
+        super().__init__((k, frozen(v)) for k, v in dict(values).items())
+
+    def refuse(self, *args, **kwargs):
+        raise TypeError("the run config is read-only once resolved: train/config.py derives every key")
+
+    __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = refuse
+
+    def __reduce__(self):
+        return FrozenConfig, (dict(self),)
+
+
+def frozen(value):
+    if isinstance(value, dict):
+        return FrozenConfig(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
 def resolve_sface(cfg):
     cfg["eval_root"] = cfg["eval_root"] or cfg["data_root"]
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"{cfg['net']}-{cfg['head']}-{cfg['data_mode']}")
@@ -203,6 +220,9 @@ def resolve_sface(cfg):
     # The head's own --param_<x>, given or from the preset (a preset's a and b mean nothing to ArcFace).
     values = {p: checked.get(p, cfg[f"param_{p}"]) for p in HEADS[cfg["head"]].params}
     cfg["head_params"] = {p: v for p, v in values.items() if v is not None}
+    if cfg["amp"] and cfg["device"] == "cpu":
+        raise ValueError("--amp is mixed precision for the GPU; this run is on the CPU, where float16 is slower "
+                         "than float32: leave --amp out")
     return cfg
 
 
@@ -211,15 +231,17 @@ def resolve_scf(cfg):
     if not cfg["checkpoint"] and not cfg["resume"]:
         raise ValueError("give --checkpoint (the frozen model) or --resume")
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"SCF-{cfg['net']}-{cfg['data_mode']}")
+    cfg["targets"] = []  # SCF runs score no verification target while training
     check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius", "gamma"),
                  ("save_freq", "max_steps", "quality_augment", "weight_decay"))
     return cfg
 
 
 def resolve(spec, values):
-    """Option values (and the keys a run carries, e.g. input_norm) -> the validated config with derived keys."""
-    cfg = dict(values, gpu_ids=parse_workers(values["workers_id"]))
-    return resolve_scf(cfg) if spec.scf else resolve_sface(cfg)
+    """Option values (and the keys a run carries, e.g. input_norm) -> the validated, read-only config with every
+    derived key. Turns CUDA on or off as --workers_id asks (a GPU asked for but absent is an error)."""
+    cfg = dict(values, gpu_ids=parse_workers(values["workers_id"]), device=select_device(values["workers_id"]))
+    return FrozenConfig(resolve_scf(cfg) if spec.scf else resolve_sface(cfg))
 
 
 def same_value(name, given, stored):
@@ -246,7 +268,7 @@ def reached_max_steps(cfg, progress):
 def finished(cfg, progress):
     """Whether a run at `progress` has nothing left to do: its epochs or --max_steps done, and its last evaluation."""
     trained = progress["epoch"] >= cfg["epochs"] or reached_max_steps(cfg, progress)
-    return trained and (not cfg.get("targets") or progress.get("evaluated_step") == progress["step"])
+    return trained and (not cfg["targets"] or progress.get("evaluated_step") == progress["step"])
 
 
 class RunFinished(Exception):
@@ -276,8 +298,13 @@ def resumed_values(spec, given, path, checkpoint):
     return values
 
 
+# How a run starts: its resolved config, the checkpoint it resumes (or None), and for a new SFace-style run
+# the weights it starts from ({part: arrays} of --resume_backbone / --resume_head).
+Start = namedtuple("Start", "cfg checkpoint weights")
+
+
 def configure(spec, argv=None):
-    """Command line -> (config, the checkpoint it resumes or None); a bad option is a usage error."""
+    """Command line -> a `Start`; a bad option is a usage error, a bad file a CheckpointError or DataError."""
     parser = build_parser(spec)
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
@@ -285,12 +312,14 @@ def configure(spec, argv=None):
             path, checkpoint = training_checkpoint(given["resume"], spec.scf)
             cfg = resolve(spec, resumed_values(spec, given, path, checkpoint))
             stop_if_finished(cfg, path, checkpoint["meta"]["progress"])
-            return cfg, checkpoint
-        values = dict(layered(spec, given), given=sorted(given))
+            return Start(cfg, checkpoint, {})
+        values, weights = dict(layered(spec, given), given=sorted(given)), {}
         if spec.scf and values["checkpoint"]:
             values.update(model_config(values["checkpoint"]), scf=True,  # the frozen model's
                           source_checkpoint=os.path.abspath(values["checkpoint"]))
-        return resolve(spec, values), None
+        if not spec.scf:  # a backbone keeps the input normalisation it was trained with
+            weights, values["input_norm"] = start_weights(values)
+        return Start(resolve(spec, values), None, weights)
     except (CheckpointError, DataError):  # a bad file: the message names it
         raise
     except ValueError as e:

@@ -2,8 +2,10 @@
 evaluation and checkpoints, and the summary.
 
 A script supplies what differs: the model (`TrainingModel`), its step function
-`step(images, labels, step) -> figures`, its learning-rate schedule `lr_at(cfg, epoch)`
-and, for SFace-style runs, a `Validation` that scores targets and keeps `best.npz`.
+`step(images, labels, step) -> figures`, its learning-rate schedule `lr_at(cfg, epoch)`,
+how a log window summarises its angles and, for SFace-style runs, a `Validation` that scores
+targets and keeps `best.npz`; labels it trains with other than those listed (label noise) it
+sets on `run.dataset` before training.
 """
 import json
 import os
@@ -12,58 +14,51 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
 from data.loader import BatchLoader
 from data.training_sets import (check_resumed_data, check_trainable, classes_with_images, data_identity,
                                 open_training_set)
+from evaluation.angles import angle_summary
+from evaluation.metrics_file import METRICS_NAME, MetricsLog
+from model.checkpoint import BEST, LAST
 from util import distributed
+from util.files import write_json
 
-from .checkpoint import BEST, LAST, open_run_folder, restore_state, save_state
 from .config import reached_max_steps
-from .logger import MetricsLog, TrainWindow, describe_record, setup_logging
+from .logger import TrainWindow, describe_record, setup_logging
+from .run_state import open_run_folder, restore_state, save_state
+
+CONFIG_NAME = "config.json"
 
 
 class Run:
-    """Device, logging, metrics, the training data and the position of one run (new or resumed)."""
+    """Logging, metrics, the training data and the position of one run (new or resumed)."""
 
-    def __init__(self, cfg, checkpoint):
+    def __init__(self, cfg, checkpoint, summarise_angles=angle_summary):
+        """`summarise_angles(theta_target, theta_other)` -> the `angles` record of a log window (the SFace script
+        gives its run's a, for the share of samples no longer pulled)."""
         self.cfg, self.checkpoint = cfg, checkpoint
-        self.device = distributed.select_device(cfg["workers_id"])
-        if cfg.get("amp") and self.device == "cpu":
-            raise SystemExit("--amp is mixed precision for the GPU; this run is on the CPU, where float16 is slower "
-                             "than float32: leave --amp out")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         leftovers = open_run_folder(cfg["outdir"], cfg["resume"] if checkpoint else None)  # before reading data
-        self.log = setup_logging(cfg["outdir"], self.rank)
+        self.log = setup_logging(cfg["outdir"])
         if leftovers:
             self.log.info("removed %d partial checkpoint(s) that a process killed mid-write left: %s", len(leftovers),
                           ", ".join(leftovers))
-        self.metrics = MetricsLog(os.path.join(cfg["outdir"], "metrics.jsonl"))
+        self.metrics = MetricsLog(os.path.join(cfg["outdir"], METRICS_NAME))
         meta = checkpoint["meta"] if checkpoint else {}
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
-        self.window = TrainWindow(meta.get("window"), a=cfg.get("head_params", {}).get("a"))  # only SFace has an a
+        self.window = TrainWindow(meta.get("window"), summarise_angles)
         self.dataset = open_training_set(cfg["data_root"], cfg["input_hw"])
         check_trainable(self.dataset)
         if checkpoint is not None:
-            old_root = checkpoint["meta"]["config"]["data_root"]
-            check_resumed_data(self.dataset, cfg.get("data"), old_root, moved(old_root, cfg["data_root"]))
-        cfg["data"] = data_identity(self.dataset)  # what a resumed run checks its data against
-        if cfg.get("label_noise"):  # after the identity: that is the clean data's
-            self.add_label_noise()
+            old_root = meta["config"]["data_root"]
+            stored = meta.get("data", meta["config"].get("data"))  # in the config itself in older checkpoints
+            check_resumed_data(self.dataset, stored, old_root, moved(old_root, cfg["data_root"]))
+        self.data = data_identity(self.dataset)  # what a resumed run checks its data against: the labels as listed
         self.loader = BatchLoader(self.dataset, cfg["batch_size"], cfg["seed"], rank=self.rank, world_size=self.world,
                                   num_workers=cfg["num_workers"], strict=cfg["strict_data"])
         self.log.info("training set %s: %d images, %d classes (%d with images), %d batches of %d per epoch",
                       self.dataset.source, len(self.dataset), self.dataset.num_classes,
-                      classes_with_images(self.dataset), len(self.loader),
-                      cfg["batch_size"])
-
-    def add_label_noise(self):
-        flipped, original = apply_label_noise(self.dataset, self.cfg["label_noise"], self.cfg["seed"])
-        path = os.path.join(self.cfg["outdir"], NOISE_FILE)
-        if distributed.is_main():
-            write_noise_list(path, self.dataset, flipped, original)
-        self.log.info("label noise %g: %d of %d images trained with another class's label (drawn from seed %d), "
-                      "listed in %s", self.cfg["label_noise"], len(flipped), len(self.dataset), self.cfg["seed"], path)
+                      classes_with_images(self.dataset), len(self.loader), cfg["batch_size"])
 
     def begin(self, model, describe):
         """Restore a resumed run's model, or write a new run's config; then make the ranks' replicas equal."""
@@ -75,17 +70,16 @@ class Run:
             self.log.info("resumed %s at epoch %d, batch %d (step %d)", self.cfg["resume"], self.progress["epoch"] + 1,
                           self.progress["batch"], self.progress["step"])
         elif distributed.is_main():
-            open(self.metrics.path, "w").close()
-            with open(os.path.join(self.cfg["outdir"], "config.json"), "w") as f:
-                json.dump(self.cfg, f, indent=2)
+            self.metrics.start()
+            write_json(os.path.join(self.cfg["outdir"], CONFIG_NAME), self.cfg, "run config")
         replicated = model.optimizer.replicated()
         distributed.broadcast_vars(list(replicated.values()))
         distributed.check_replicas_identical({n: p.numpy() for n, p in replicated.items()}, "at start")
-        self.log.info("%s on %s, %d process(es); config: %s", describe, self.device, self.world,
+        self.log.info("%s on %s, %d process(es); config: %s", describe, self.cfg["device"], self.world,
                       json.dumps(self.cfg, sort_keys=True))
 
     def save(self, name, model, validation):
-        meta = {"config": self.cfg, "progress": self.progress, "window": self.window.sums}
+        meta = {"config": self.cfg, "data": self.data, "progress": self.progress, "window": self.window.sums}
         if validation is not None:
             meta["best"] = validation.best
         save_state(os.path.join(self.cfg["outdir"], name), meta, {"backbone": model.backbone, "head": model.head},
@@ -99,7 +93,7 @@ class Run:
     def log_window(self, lr):
         record = self.window.record(self.progress, lr)
         record["skipped_images"] = self.skipped_images()
-        if self.rank == 0:
+        if distributed.is_main():
             self.metrics.write(record)
         self.log.info("epoch %d batch %d/%d step %d  lr %.4g  %s", self.progress["epoch"] + 1, self.progress["batch"],
                       len(self.loader), self.progress["step"], lr, describe_record(record))
@@ -116,7 +110,7 @@ class Run:
             epoch = progress["epoch"]
             model.optimizer.lr = lr_at(cfg, epoch)
             bar = tqdm(total=len(self.loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=True if self.rank else None, dynamic_ncols=True, leave=False)  # None: off if no TTY
+                       disable=None if distributed.is_main() else True, dynamic_ncols=True, leave=False)  # None: off if no TTY
             step_start = time.time()
             for images, labels in self.loader.epoch(epoch, progress["batch"]):
                 stats = step(images, labels, progress["step"])
@@ -151,7 +145,7 @@ class Run:
 
     def finish(self, validation):
         skipped = self.skipped_images()
-        if skipped and self.rank == 0:
+        if skipped and distributed.is_main():
             self.log.warning("%d unreadable training images were skipped (see the warnings above)", skipped)
         if validation is not None:
             validation.summary(self.log, self.cfg["outdir"])

@@ -25,13 +25,9 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
-from backbone.common import is_running_stat
+from backbone.layers import is_running_stat
+from model.checkpoint import CheckpointError
 from util import distributed
-
-from .checkpoint import CheckpointError
-
-GRADIENTS = "gradients (replicated parameters)"  # what the step's all-reduce carries (benchmark report)
-NON_FINITE = "gradient sum for the finite check (sharded head, --amp)"
 
 
 def named_parameters(modules):
@@ -45,16 +41,6 @@ def batchnorm_parameter_names(modules):
     ids = {id(p) for module in modules.values() for m in module.modules() if isinstance(m, nn.BatchNorm)
            for p in (m.weight, m.bias) if isinstance(p, jt.Var)}
     return {name for name, p in named_parameters(modules).items() if id(p) in ids}
-
-
-def reference_sgd(modules, lr, momentum, weight_decay):
-    """Jittor's own jt.optim.SGD over the same parameters with the same decay rule (none on BatchNorm
-    weights): the plain step the benchmark and the memory test measure `SGD` against."""
-    no_decay = batchnorm_parameter_names(modules)
-    params = named_parameters(modules)
-    return jt.optim.SGD([{"params": [p for n, p in params.items() if n not in no_decay]},
-                         {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}],
-                        lr, momentum, weight_decay)
 
 
 class Optimizer:
@@ -84,7 +70,7 @@ class Optimizer:
         scale = self.loss_scale.scale if self.loss_scale else 1.0
         grads = dict(zip(names, jt.grad(loss * scale if scale != 1.0 else loss, [self.params[n] for n in names])))
         shared = [n for n in names if n not in self.local]
-        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], GRADIENTS)))
+        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], "gradients")))
         grads = {n: self.unscaled(g, self.params[n], scale) for n, g in grads.items()}
         # Under a loss scale every update is a select on this flag: a skipped step changes nothing and
         # the step still runs as one graph (no extra sync).
@@ -116,7 +102,7 @@ class Optimizer:
         near 1e38, a diverged run anyway)."""
         total = sum(g.sum() for g in grads.values())
         if self.local:
-            total = distributed.all_reduce_sum([total], NON_FINITE)[0]
+            total = distributed.all_reduce_sum([total], "gradient sum for the finite check")[0]
         return jt.isfinite(total)
 
     def update(self, p, g, buffers, keep):

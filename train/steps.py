@@ -9,7 +9,7 @@ import numpy as np
 from data.degradations import quality_augment
 from data.label_noise import other_classes
 from evaluation.angles import angles
-from head.common import cosine, target_mask
+from head.class_centres import cosine, target_mask
 from head.scf import scf_loss
 from util import distributed
 

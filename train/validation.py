@@ -3,12 +3,11 @@ import os
 
 import numpy as np
 
-from data.image_list import DataError
+from data.text import DataError
 from data.verification_sets import load_target
 from evaluation.embedding import EvalTarget, evaluate_target
+from model.checkpoint import BEST
 from util import distributed
-
-from .checkpoint import BEST
 
 
 def load_eval_targets(cfg, log):

@@ -12,6 +12,7 @@ A rank that fails calls `abort`, so the whole job stops instead of hanging in a 
 import sys
 import traceback
 import zlib
+from contextlib import contextmanager
 
 import jittor as jt
 import numpy as np
@@ -48,16 +49,20 @@ def parse_workers(text):
         raise ValueError(f"--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, got '{text}'") from None
 
 
+class DeviceError(ValueError):
+    """A device asked for that this machine does not have."""
+
+
 def select_device(workers_id):
-    """Turn CUDA on or off as --workers_id asks; a GPU asked for but absent is an error. -> 'cuda' or 'cpu'.
+    """Turn CUDA on or off as --workers_id asks; a GPU asked for but absent is a DeviceError. -> 'cuda' or 'cpu'.
 
     Which GPU a rank uses was fixed before Jittor started (util.runtime.rank_gpu).
     """
     gpu_ids = parse_workers(workers_id)
     want_gpu = bool(jt.has_cuda) if gpu_ids is None else bool(gpu_ids)
     if want_gpu and not jt.has_cuda:
-        raise SystemExit(f"--workers_id {workers_id} asks for a GPU, but Jittor found no usable CUDA here; "
-                         "pass --workers_id cpu")
+        raise DeviceError(f"--workers_id {workers_id} asks for a GPU, but Jittor found no usable CUDA here; "
+                          "pass --workers_id cpu")
     jt.flags.use_cuda = int(want_gpu)
     return "cuda" if want_gpu else "cpu"
 
@@ -180,33 +185,38 @@ def run_main(main, expected_errors=(), clean_exits=()):
 
 # ---- Jittor collectives (in the graph, differentiable) ----
 
-# What the collective being issued right now carries: (label, whether autodiff adds an equal
-# all-reduce backward). The benchmark reads it to account for a step's traffic; None while
-# Jittor issues one of its own (sync BatchNorm).
-_issuing = None
+# The one seam for measuring traffic: while `recording_collectives()` is active, every all-reduce the
+# project's helpers below issue is listed (what it carries, shape, dtype, whether autodiff adds an equal
+# one backward). Jittor's own sync BatchNorm issues its all-reduces itself; the benchmark counts those from
+# the model.
+_recorded = None
 
 
-def issuing():
-    return _issuing
-
-
-def _labelled_all_reduce(var, label, differentiated):
-    global _issuing
-    _issuing = (label, differentiated)
+@contextmanager
+def recording_collectives():
+    """-> the list that fills with (what, shape, dtype, differentiated) for each all-reduce issued meanwhile."""
+    global _recorded
+    _recorded = []
     try:
-        return var.mpi_all_reduce("sum")
+        yield _recorded
     finally:
-        _issuing = None
+        _recorded = None
 
 
-def all_reduce_sum(variables, label):
+def _all_reduce(var, what, differentiated):
+    if _recorded is not None:
+        _recorded.append((what, tuple(var.shape), var.dtype, differentiated))
+    return var.mpi_all_reduce("sum")
+
+
+def all_reduce_sum(variables, what):
     """Sum each Var over the ranks with one all-reduce of their concatenation; -> the summed Vars.
 
-    For values no gradient flows through (gradients themselves, bookkeeping); `label` says what they are.
+    For values no gradient flows through (gradients themselves, bookkeeping); `what` says what they are.
     """
     if not in_mpi() or not variables:
         return list(variables)
-    flat = _labelled_all_reduce(jt.concat([v.reshape(-1) for v in variables]), label, False)
+    flat = _all_reduce(jt.concat([v.reshape(-1) for v in variables]), what, False)
     summed, offset = [], 0
     for v in variables:
         size = v.numel()
@@ -215,7 +225,7 @@ def all_reduce_sum(variables, label):
     return summed
 
 
-def all_gather_var(local, counts, label):
+def all_gather_var(local, counts, what):
     """B_r x D rows of each rank -> the B x D concatenation (rank order) on every rank, differentiably.
 
     A zero table holding this rank's rows at its offset, summed over the ranks. The
@@ -228,7 +238,7 @@ def all_gather_var(local, counts, label):
     before, after = sum(counts[:me]), sum(counts[me + 1:])
     parts = [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (before,) if n] + [local] + \
             [jt.zeros((n, *local.shape[1:]), local.dtype) for n in (after,) if n]
-    return _labelled_all_reduce(jt.concat(parts), label, True)
+    return _all_reduce(jt.concat(parts), what, True)
 
 
 def broadcast_vars(variables):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .alignment import ALIGNED_SIZE, align_face
-from .image_list import DataError, decode_image, fit_input_size, text_lines, undecodable
+from .images import decode_image, fit_input_size, undecodable
+from .text import DataError, text_lines
 from .verification_sets import check_pair_kinds
 
 IJB_SETS = ("IJBB", "IJBC")

@@ -122,7 +122,7 @@ def ijb_features(backbone, ijb, input_size, batch_size, flip=True, confidence_he
         confidence_head.eval()
     raw, kappa = [], []
     progress = tqdm(total=len(indices), desc=f"embedding {ijb.name}", leave=False,
-                    disable=True if distributed.rank() else None)
+                    disable=None if distributed.is_main() else True)
     with ThreadPoolExecutor(num_threads) as pool, jt.no_grad():
         for faces in aligned_chunks(ijb, indices, input_size, batch_size * FACE_CHUNK_BATCHES, pool):
             embeddings, flipped = embed_images(backbone, faces, batch_size, flip)

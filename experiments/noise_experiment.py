@@ -5,7 +5,7 @@ mirror images) as a table
 and, for each noisy SFace run, the share of flipped and of clean images it no longer pulls
 (r_intra < 1/2, theta_y < a) according to tools/angle_report.py on its last checkpoint.
 
-    python3 tools/noise_experiment.py --outdir results/noise_experiment --max_steps 36
+    python3 experiments/noise_experiment.py --outdir results/noise_experiment --max_steps 36
 
 Runs one after the other; a run already scored is not trained again, an interrupted one is resumed,
 and an angle report already written is kept (so an interrupted experiment continues where it
@@ -17,12 +17,12 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401  (the head table imports jittor)
 
 from head import HEADS  # noqa: E402
-from train.config import finite_float  # noqa: E402
+from util.files import REPO_ROOT  # noqa: E402
+from util.options import finite_float  # noqa: E402
 
 
 class RunFailed(RuntimeError):
@@ -104,7 +104,7 @@ def experiment(args):
                 continue
             # No evaluation inside the run (the one at step 0 is the same for all): the last checkpoint's after it,
             # without the mirror images (half the embedding time on a shared CPU).
-            command = [sys.executable, os.path.join(ROOT, "train_SFace_jittor.py"), "--data_mode", "demo",
+            command = [sys.executable, os.path.join(REPO_ROOT, "train_SFace_jittor.py"), "--data_mode", "demo",
                        "--head", head, "--label_noise", str(noise), "--seed", str(args.seed), "--target", "none",
                        "--outdir", folder]
             if args.max_steps:
@@ -112,9 +112,9 @@ def experiment(args):
             if os.path.isfile(os.path.join(folder, "last.npz")):  # an interrupted run continues
                 command += ["--resume", folder]
             run(command)
-            run([sys.executable, os.path.join(ROOT, "eval_SFace_jittor.py"), "--checkpoint",
+            run([sys.executable, os.path.join(REPO_ROOT, "eval_SFace_jittor.py"), "--checkpoint",
                  os.path.join(folder, "last.npz"), "--target", "lfw_demo",
-                 "--eval_root", os.path.join(ROOT, "data", "demo"), "--no_flip",
+                 "--eval_root", os.path.join(REPO_ROOT, "data", "demo"), "--no_flip",
                  "--outdir", os.path.join(folder, "eval")])
     unpulled = {}
     for noise in levels:
@@ -122,7 +122,7 @@ def experiment(args):
         if "SFaceLoss" not in heads or args.no_report:
             break
         if not os.path.isfile(os.path.join(folder, "angle_report.json")):  # made before: kept
-            run([sys.executable, os.path.join(ROOT, "tools", "angle_report.py"), "--checkpoint",
+            run([sys.executable, os.path.join(REPO_ROOT, "tools", "angle_report.py"), "--checkpoint",
                  os.path.join(folder, "last.npz"), "--max_images", str(args.max_images)])
         with open(os.path.join(folder, "angle_report.json")) as f:
             unpulled[noise] = json.load(f)["unpulled"]

@@ -5,7 +5,9 @@ Jittor compiles its core on first import and each new kernel on first use; doing
 keeps that wait out of the first training run.
 """
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -14,9 +16,7 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from train.config import SFACE, configure  # noqa: E402
-from train.model import build_model  # noqa: E402
-from train.steps import sface_step  # noqa: E402
+from util.files import REPO_ROOT  # noqa: E402
 
 
 def check_arithmetic():
@@ -28,16 +28,13 @@ def check_arithmetic():
 
 
 def warm_demo_kernels():
-    """One training step and one embedding pass of the demo's model, on random images of 10 classes."""
-    cfg, _ = configure(SFACE, ["--data_mode", "demo", "--workers_id", "cpu"])
-    model = build_model(cfg, 10)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (cfg["batch_size"], 3, *cfg["input_hw"])).astype(np.float32)
-    model.backbone.train()
-    sface_step(model, cfg["seed"], images, np.arange(cfg["batch_size"]) % 10, 0)
-    model.backbone.eval()
-    with jt.no_grad():
-        model.backbone(jt.array(images)).sync()
+    """One step of the demo's training run, with its evaluation before and after, in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="sface_warmup_") as outdir:
+        done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train_SFace_jittor.py"), "--data_mode", "demo",
+                               "--workers_id", "cpu", "--max_steps", "1", "--outdir", outdir],
+                              capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the demo's first training step failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def softmax_cross_entropy(logits, mask):
 
 class ClassCentres(nn.Module):
     """A C x D weight of class centres with the reference initialisation, on every process."""
-    sharded = False  # figures are means over this process's batch (see ShardedSFaceHead for the other kind)
+    sharded = False  # figures are means over this process's batch (see ShardedSFaceLoss for the other kind)
 
     def __init__(self, embedding_size, num_classes, seed=0):
         self.weight = jt.array(centre_rows(num_classes, embedding_size, 0, num_classes, seed))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prove the GPU path in one command: prints a table of checks and exits non-zero if any fails.
 
-    python3 tools/gpu_check.py             # with a GPU: IR_50 at batch 256, MobileFaceNet at 512
-    python3 tools/gpu_check.py --small     # small sizes (what the test suite runs on the CPU)
+    python3 install/gpu_check.py             # with a GPU: IR_50 at batch 256, MobileFaceNet at 512
+    python3 install/gpu_check.py --small     # small sizes (what the test suite runs on the CPU)
 
 With a GPU, every Jittor op is run on it and compared with the same op on the CPU. Without one,
 the checks run on the CPU and compare with numpy (float64): forward values, and gradients through
@@ -17,24 +17,22 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402  (must precede jittor)
 
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import benchmark  # noqa: E402
 from head import build_head  # noqa: E402
-from train.checkpoint import load_checkpoint  # noqa: E402
-from train.config import SFACE, configure  # noqa: E402
-from train.model import build_model  # noqa: E402
-from train.steps import sface_step  # noqa: E402
+from model.checkpoint import load_checkpoint  # noqa: E402
+from util.files import REPO_ROOT  # noqa: E402
+from util.timing import median_seconds  # noqa: E402
 
 DEMO = os.path.join(REPO_ROOT, "data", "demo")
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -173,37 +171,15 @@ def check_sface_head(on_gpu, rng):
 # ---- throughput of our training step and of embedding ----
 
 def training_throughput(net, batch, workers_id, steps, warmup, amp=False):
-    cfg, _ = configure(SFACE, ["--net", net, "--batch_size", str(batch), "--workers_id", workers_id,
-                               "--target", "none", "--data_mode", "casia"] + (["--amp"] if amp else []))
-    model = build_model(cfg, 10572)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32)
-    labels = rng.integers(0, 10572, batch)
-    model.backbone.train()
-    times = []
-    for step in range(warmup + steps):
-        start = time.time()
-        stats = sface_step(model, cfg["seed"], images, labels, step, amp=amp)
-        jt.sync_all(True)
-        times.append(time.time() - start)
-    finite = np.isfinite(stats["loss"])
-    rate = batch / statistics.median(times[warmup:])
-    embed = embedding_throughput(model.backbone, images, steps, warmup)
+    """The benchmark's training and embedding steps (an SFace head of CASIA's 10,572 classes, random images)."""
+    args = benchmark.parse_args(["--net", net, "--batch_size", str(batch), "--workers_id", workers_id,
+                                 "--num_classes", "10572"] + (["--amp"] if amp else []))
+    train = benchmark.train_step(args)
+    losses = []
+    rate = batch / median_seconds(lambda: losses.append(train()["loss"]), warmup, steps)
+    embed = batch / median_seconds(benchmark.embed_step(args), warmup, steps)
     kind = f"{net} train batch {batch}{' --amp' if amp else ''}"
-    return finite, f"{kind}: {rate:.1f} img/s (median of {steps} steps); embedding {embed:.1f} img/s"
-
-
-def embedding_throughput(backbone, images, steps, warmup):
-    backbone.eval()
-    times = []
-    with jt.no_grad():
-        for _ in range(warmup + steps):
-            start = time.time()
-            backbone(jt.array(images)).sync()
-            jt.sync_all(True)
-            times.append(time.time() - start)
-    backbone.train()
-    return len(images) / statistics.median(times[warmup:])
+    return np.isfinite(losses[-1]), f"{kind}: {rate:.1f} img/s (median of {steps} steps); embedding {embed:.1f} img/s"
 
 
 # ---- whole runs: mpirun against one process, resume against no interruption ----

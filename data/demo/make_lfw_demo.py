@@ -6,14 +6,14 @@ Evaluation: the first --pairs_per_fold same and different pairs of each of the 1
 View 2 folds whose people are all absent from the training set. JPEG files are copied
 byte for byte. Run once by the maintainers; the result is committed.
 
-    python3 tools/make_lfw_demo.py --lfw ../shared/data/lfw --out data/demo
+    python3 data/demo/make_lfw_demo.py --lfw ../shared/data/lfw --out data/demo
 """
 import argparse
 import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.verification_sets import parse_pairs_txt  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 """Does an SCF model's kappa drop when faces get worse? Mean kappa of a pair set's images,
 as they are and blurred / occluded / downscaled.
 
-    python3 tools/scf_quality_check.py --checkpoint results/SCF-MobileFaceNet-demo/last.npz \\
+    python3 experiments/scf_quality_check.py --checkpoint results/SCF-MobileFaceNet-demo/last.npz \\
         --target data/demo/lfw_demo
 """
 import argparse
@@ -16,11 +16,11 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.degradations import DEGRADATIONS, degrade_all  # noqa: E402
-from data.image_list import DataError  # noqa: E402
+from data.text import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from evaluation.embedding import EvalTarget, image_kappas  # noqa: E402
-from train.checkpoint import CheckpointError, not_scf  # noqa: E402
-from train.model import load_model  # noqa: E402
+from model.checkpoint import CheckpointError, not_scf  # noqa: E402
+from model.loading import load_model  # noqa: E402
 from util import distributed  # noqa: E402
 
 

@@ -1,0 +1,55 @@
+"""A run's `metrics.jsonl`: one JSON object per line (training windows, evaluations), appended by training
+and read back by the reports and plots."""
+import json
+import os
+
+from data.text import DataError, text_lines
+from util.files import write_atomically
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Append-only JSONL; `truncate_after(step)` drops what a killed run wrote past its last checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def start(self):
+        write_atomically(self.path, b"", "metrics file")
+
+    def truncate_after(self, step):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and _complete_record_upto(line, step)]
+        write_atomically(self.path, "".join(kept), "metrics file")
+
+    def write(self, record):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl. A last line without its newline is one a killed run cut short: left out;
+    any other line that is not a JSON object is a DataError naming `path:LINE`."""
+    lines = [(number, line) for number, line in text_lines(path) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            if number == lines[-1][0] and not line.endswith("\n"):
+                break
+            raise DataError(f"{path}:{number}: not a JSON record ({e})") from None
+        records.append(record)
+    return records
+
+
+def _complete_record_upto(line, step):
+    try:
+        return json.loads(line)["step"] <= step
+    except (ValueError, KeyError):
+        return False  # a line cut short by the kill

@@ -1,0 +1,40 @@
+"""The one way to build a model from any checkpoint: `load_model(path)` -> its backbone (and SCF confidence
+head) in eval mode, built from the config the checkpoint stores."""
+from collections import namedtuple
+
+from backbone import build_backbone_from_config
+from head.scf import ConfidenceHead, feature_channels
+
+from .checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, is_scf, load_checkpoint, load_weights, model_config
+from .weight_files import read_weights
+
+# A checkpoint's model in eval mode: its SCF confidence head is None unless it is an SCF checkpoint;
+# head_arrays are the stored head's weights (a trained head's class centres, or the confidence head).
+LoadedModel = namedtuple("LoadedModel", "backbone confidence_head config head_arrays")
+
+
+def load_model(path, pkl_config=None):
+    """Any checkpoint -> its model in eval mode (a `LoadedModel`), built from the config it stores.
+
+    `path`: a .npz of this project (training, SCF, tools/import_weights.py) or an official SFace-Jittor
+    Backbone_*.pkl, which stores no config: `pkl_config` (net, input_hw, embedding_size) then says what it holds.
+    """
+    if path.endswith(".npz"):
+        checkpoint = load_checkpoint(path)
+        config, head_arrays = checkpoint["meta"].get("config", {}), checkpoint["head"]
+        model_config(path, config)  # it must describe its backbone
+        backbone_arrays = checkpoint["backbone"]
+    elif pkl_config is None:
+        raise CheckpointError(f"{path}: a .pkl does not say which backbone it holds")
+    else:
+        backbone_arrays, _ = read_weights(path, "backbone")
+        config, head_arrays = dict(pkl_config, input_norm=OFFICIAL_JITTOR_INPUT_NORM), {}
+    backbone = build_backbone_from_config(config)
+    load_weights(backbone, backbone_arrays, path)
+    backbone.eval()
+    confidence_head = None
+    if is_scf(config):
+        confidence_head = ConfidenceHead(feature_channels(head_arrays), config["embedding_size"])
+        load_weights(confidence_head, head_arrays, path)
+        confidence_head.eval()
+    return LoadedModel(backbone, confidence_head, config, head_arrays)

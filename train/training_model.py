@@ -1,0 +1,55 @@
+"""What each training script trains: a backbone and a loss head with SGD, or an SCF confidence head with
+Adam on a frozen model; and the weights a new run starts from."""
+from collections import namedtuple
+
+import jittor as jt
+
+from backbone import build_backbone_from_config
+from backbone.layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
+from head import build_head
+from head.scf import ConfidenceHead
+from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM
+from model.weight_files import read_weights
+
+from .amp import LossScale
+from .optim import SGD, Adam
+
+# What a run trains: `optimizer.modules` are the parts it updates; checkpoints hold backbone and head.
+TrainingModel = namedtuple("TrainingModel", "backbone head optimizer")
+
+
+def build_model(cfg, num_classes):
+    """Backbone, loss head and SGD of a training config (train_SFace_jittor.py, the benchmark)."""
+    jt.set_seed(cfg["seed"])
+    backbone = build_backbone_from_config(cfg)
+    if cfg["local_bn"]:
+        for module in backbone.modules():
+            if isinstance(module, jt.nn.BatchNorm):
+                module.sync = False
+    head = build_head(cfg["head"], cfg["embedding_size"], num_classes, seed=cfg["seed"],
+                      shard=cfg["shard_head"], **cfg["head_params"])
+    optimizer = SGD({"backbone": backbone, "head": head}, cfg["lr"], cfg["momentum"], cfg["weight_decay"],
+                    local=[f"head/{n}" for n in head.state_dict()] if head.sharded else (),
+                    loss_scale=LossScale() if cfg["amp"] else None)
+    return TrainingModel(backbone, head, optimizer)
+
+
+def build_scf_model(cfg, frozen):
+    """A new confidence head (and its Adam) on a frozen model (`load_model` of the source checkpoint)."""
+    jt.set_seed(cfg["seed"])
+    head = ConfidenceHead(frozen.backbone.feature_channels, cfg["embedding_size"])
+    return TrainingModel(frozen.backbone, head, Adam({"head": head}, cfg["lr"], weight_decay=cfg["weight_decay"]))
+
+
+def start_weights(cfg):
+    """--resume_backbone / --resume_head of a new run -> ({part: arrays}, the input normalisation to build with).
+
+    A backbone keeps the normalisation it was trained with (an official .pkl: the official code's).
+    """
+    weights, input_norm = {}, [DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE]
+    for part in ("backbone", "head"):
+        if cfg[f"resume_{part}"]:
+            weights[part], source = read_weights(cfg[f"resume_{part}"], part)
+            if part == "backbone":
+                input_norm = source["input_norm"] if source else OFFICIAL_JITTOR_INPUT_NORM
+    return weights, input_norm
