@@ -20,16 +20,16 @@ import numpy as np
 from backbone import check_backbone
 from data.ijb_sets import IJB_SETS, load_ijb
 from data.images import parse_size
-from data.text import DataError
 from data.verification_sets import load_target
 from evaluation.embedding import EvalTarget, protocol_report, target_features
 from evaluation.ijb_scoring import IJB_FAR_TARGETS, ijb_features, ijb_reports
 from evaluation.roc_plot import save_roc_plot
 from evaluation.scf_scoring import scf_report
-from model.checkpoint import BEST, LAST, CheckpointError, run_checkpoint
+from model.checkpoint import BEST, LAST, run_checkpoint
 from model.loading import load_model
 from util import distributed
-from util.files import OutputError, make_outdir, write_atomically, write_json, write_npz
+from util.errors import InputError
+from util.files import make_outdir, write_atomically, write_json, write_npz
 
 
 def parse_args(argv=None):
@@ -149,4 +149,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError))
+    distributed.run_main(main, expected_errors=(InputError,))

@@ -24,7 +24,7 @@ from train.optim import step_lr
 from train.steps import NonFiniteError, scf_step
 from train.training_model import build_scf_model
 from util import distributed
-from util.files import OutputError
+from util.errors import InputError
 
 
 def frozen_centres(frozen, source, dataset):
@@ -51,5 +51,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError),
+    distributed.run_main(main, expected_errors=(InputError, NonFiniteError),
                          clean_exits=(RunFinished,))

@@ -13,9 +13,7 @@ import os
 from functools import partial
 
 from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
-from data.text import DataError
 from evaluation.angles import angle_summary
-from model.checkpoint import CheckpointError
 from train.config import SFACE, RunFinished, configure
 from train.loop import Run
 from train.optim import stage_lr
@@ -24,7 +22,7 @@ from train.steps import NonFiniteError, sface_step
 from train.training_model import build_model
 from train.validation import Validation, load_eval_targets
 from util import distributed
-from util.files import OutputError
+from util.errors import InputError
 
 
 def add_label_noise(run, cfg):
@@ -56,5 +54,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Bad input names the file at fault; any failure on any rank ends the whole job, naming the rank.
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError, NonFiniteError),
+    distributed.run_main(main, expected_errors=(InputError, NonFiniteError),
                          clean_exits=(RunFinished,))

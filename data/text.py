@@ -2,8 +2,10 @@
 (imgs.txt, property, pairs.txt, train.idx, IJB meta files) line by line."""
 import codecs
 
+from util.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """Bad training data, with the file (and line) at fault in the message."""
 
 

@@ -16,6 +16,7 @@ from .images import prepare_image
 from .text import DataError, text_lines
 
 PAIRS_NAME = "pairs.txt"
+PROTOCOL_FOLDS = 10  # the standard protocol's cross-validation folds (evaluation/protocol.py)
 IMAGES_DIR = "images"
 
 
@@ -160,6 +161,9 @@ def load_target(target, eval_root):
         else:
             continue
         check_pair_kinds(pair_set.issame, source)
+        if len(pair_set.issame) < PROTOCOL_FOLDS:
+            raise DataError(f"{source}: {len(pair_set.issame)} pairs; the verification protocol scores "
+                            f"{PROTOCOL_FOLDS} folds of them, so it needs at least {PROTOCOL_FOLDS}")
         return pair_set
     raise DataError(f"verification target '{target}' not found: looked for "
                     + ", ".join([candidates[1], os.path.join(candidates[2], PAIRS_NAME)]))

@@ -11,6 +11,8 @@ Cosine scoring gives the same accuracies: for unit vectors |a - b|^2 = 2 - 2 cos
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from data.verification_sets import PROTOCOL_FOLDS
+
 EUCLIDEAN_THRESHOLDS = np.arange(0, 4, 0.01)
 FAR_TARGETS = (1e-3, 1e-4)
 
@@ -35,7 +37,7 @@ def pair_distances(unit_embeddings, pairs):
     return np.sum(diff * diff, axis=1)
 
 
-def contiguous_folds(num_pairs, num_folds=10):
+def contiguous_folds(num_pairs, num_folds=PROTOCOL_FOLDS):
     """Test-index arrays of KFold(num_folds, shuffle=False): contiguous, the first ones one longer."""
     sizes = np.full(num_folds, num_pairs // num_folds)
     sizes[:num_pairs % num_folds] += 1
@@ -49,7 +51,7 @@ def accuracy_per_threshold(distances, issame, thresholds):
     return np.mean(predicted_same == issame[None, :], axis=1)
 
 
-def kfold_accuracy(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, num_folds=10):
+def kfold_accuracy(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, num_folds=PROTOCOL_FOLDS):
     """-> (accuracy of each fold, threshold chosen for each fold)."""
     issame = np.asarray(issame, dtype=bool)
     if len(issame) < num_folds:
@@ -106,7 +108,8 @@ def score_thresholds(distances):
     return np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
 
 
-def verification_report(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, raw_embeddings=(), num_folds=10):
+def verification_report(distances, issame, thresholds=EUCLIDEAN_THRESHOLDS, raw_embeddings=(),
+                        num_folds=PROTOCOL_FOLDS):
     """Everything a verification table shows, for one target's pair distances (smaller = same)."""
     accuracies, thresholds = kfold_accuracy(distances, issame, thresholds, num_folds=num_folds)
     roc = roc_figures(distances, issame)

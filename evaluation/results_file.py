@@ -1,8 +1,11 @@
 """The results.json eval_SFace_jittor.py writes, read back by the tools that take a threshold or an accuracy from it."""
 import json
+import math
+
+from util.errors import InputError
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError):
     """A results.json that cannot be read, or lacks what is asked of it; the message names the file."""
 
 
@@ -20,6 +23,14 @@ def read_results(path):
     except (KeyError, TypeError):
         raise ResultsError(f"{path}: not a results.json of eval_SFace_jittor.py (no 'checkpoint' and 'results' "
                            f"with a 'target' in each row)") from None
+
+
+def row_number(path, row, key):
+    """A finite number in a target's row (accuracy, threshold, ...); a ResultsError naming the file otherwise."""
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ResultsError(f"{path}: the results of target '{row['target']}' hold no number '{key}' (found {value!r})")
+    return value
 
 
 def target_row(path, rows, target):

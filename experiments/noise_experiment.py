@@ -22,7 +22,7 @@ import util.runtime  # noqa: E402,F401  (the head table imports jittor)
 
 from head import HEADS  # noqa: E402
 from util.files import REPO_ROOT  # noqa: E402
-from util.options import finite_float  # noqa: E402
+from util.options import finite_float, non_negative_int  # noqa: E402
 
 
 class RunFailed(RuntimeError):
@@ -46,13 +46,6 @@ def noise_levels(text):
     if bad:
         raise argparse.ArgumentTypeError(f"each level must be a fraction in [0, 1), got {bad[0]:g} in '{text}'")
     return levels
-
-
-def non_negative(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def run_dir(outdir, head, noise):
@@ -82,10 +75,10 @@ def main(argv=None):
                    help="comma-separated loss heads")
     p.add_argument("--noise", type=noise_levels, default="0,0.2,0.4",
                    help="comma-separated --label_noise values, each in [0, 1)")
-    p.add_argument("--max_steps", type=non_negative, default=0, help="the schedule's length for every run (0: the "
+    p.add_argument("--max_steps", type=non_negative_int, default=0, help="the schedule's length for every run (0: the "
                                                                     "demo's 3 epochs)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--max_images", type=non_negative, default=0, help="the angle reports' --max_images (0: all)")
+    p.add_argument("--max_images", type=non_negative_int, default=0, help="the angle reports' --max_images (0: all)")
     p.add_argument("--no_report", action="store_true", help="train and evaluate only (no angle reports)")
     args = p.parse_args(argv)
     try:

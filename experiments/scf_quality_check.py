@@ -16,12 +16,13 @@ import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.degradations import DEGRADATIONS, degrade_all  # noqa: E402
-from data.text import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from evaluation.embedding import EvalTarget, image_kappas  # noqa: E402
-from model.checkpoint import CheckpointError, not_scf  # noqa: E402
+from model.checkpoint import not_scf  # noqa: E402
 from model.loading import load_model  # noqa: E402
 from util import distributed  # noqa: E402
+from util.errors import InputError  # noqa: E402
+from util.options import positive_int  # noqa: E402
 
 
 def kappa_table(checkpoint_path, target, num_workers, batch_size=16):
@@ -35,17 +36,17 @@ def kappa_table(checkpoint_path, target, num_workers, batch_size=16):
         return {name: image_kappas(backbone, head, imgs, batch_size) for name, imgs in conditions.items()}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an SCF checkpoint (train_SCF_jittor.py)")
     p.add_argument("--target", required=True, help="a .bin or pairs folder whose images are used")
     p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
-    p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
-    args = p.parse_args()
-    distributed.select_device(args.workers_id)
+    p.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
+    args = p.parse_args(argv)
     try:
+        distributed.select_device(args.workers_id)
         table = kappa_table(args.checkpoint, args.target, args.num_workers)
-    except (CheckpointError, DataError) as e:  # bad input: the message names the file at fault
+    except InputError as e:  # bad input: the message names the file at fault
         sys.exit(f"error: {e}")
     original = table["original"]
     print(f"{'images':<12}{'mean kappa':>12}{'median':>10}{'lower than original':>22}")

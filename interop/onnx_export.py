@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from backbone.ir import Subsample
 from backbone.layers import Flatten, InputNorm
+from util.errors import InputError
 
 DEFAULT_OPSET = 13  # read by OpenCV 4.x and onnxruntime alike (checked: OpenCV 4.11, onnxruntime 1.20)
 # Gemm's bias is optional from opset 11; the nodes written here mean the same up to the newest opset.
@@ -32,7 +33,7 @@ DYNAMIC_BATCH = "batch"
 ARITHMETIC_LAYERS = (InputNorm,)
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model the exporter cannot write as ONNX, or an unreadable .onnx; the message names the file or layer."""
 
 

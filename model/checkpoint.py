@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 
+from util.errors import InputError
 from util.files import make_outdir, write_atomically, write_npz
 
 FORMAT = "sface-jittor-checkpoint-v1"
@@ -31,7 +32,7 @@ MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 PARTS = ("backbone", "head", "optimizer")  # the array entries: <part>/<name>
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint or weight file that cannot be used, with the file named in the message."""
 
 

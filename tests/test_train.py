@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jittor as jt
 import numpy as np
 import pytest
 
@@ -43,8 +44,27 @@ def test_every_data_mode_resolves_with_its_recommended_a_b():
             assert (cfg["param_a"], cfg["param_b"]) == expected[mode]
     cfg = parse_config(["--data_mode", "vgg", "--param_a", "0.5", "--data_root", "/x"])
     assert cfg["param_a"] == 0.5 and cfg["param_b"] == 1.25 and cfg["data_root"] == "/x"
-    assert parse_config(["--workers_id", "cpu"])["gpu_ids"] == []
-    assert parse_config(["--workers_id", "0,1"])["gpu_ids"] == [0, 1]
+    assert parse_config(["--workers_id", "cpu"])["gpu_ids"] == () and parse_config([])["device"] == "cpu"
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_a_usage_error(capsys):
+    if jt.has_cuda:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as stopped:
+        parse_config(["--workers_id", "0,1"])
+    assert stopped.value.code == 2 and "--workers_id 0,1 asks for a GPU, but Jittor found no usable CUDA here; " \
+                                      "pass --workers_id cpu" in capsys.readouterr().err
+
+
+def test_the_resolved_config_cannot_be_changed():
+    cfg = parse_config(["--data_mode", "demo", "--head", "SFaceLoss"])
+    for change in (lambda: cfg.__setitem__("lr", 1.0), lambda: cfg.update(lr=1.0), lambda: cfg.pop("lr"),
+                   lambda: cfg.setdefault("new", 1), lambda: cfg.__delitem__("lr"), lambda: cfg.clear(),
+                   lambda: cfg["head_params"].__setitem__("a", 0.5), lambda: cfg["targets"].append("lfw")):
+        with pytest.raises((TypeError, AttributeError)):
+            change()
+    assert cfg["lr"] == 0.05 and cfg["head_params"]["a"] == 0.87 and cfg["targets"] == ("lfw_demo",)
+    assert json.loads(json.dumps(cfg))["head_params"] == {"a": 0.87, "b": 1.2}  # still written as plain JSON
 
 
 @pytest.mark.parametrize("flag,value,message", [("--input_size", "112", "--input_size must look like"),

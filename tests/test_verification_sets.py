@@ -143,15 +143,27 @@ def test_a_bin_claiming_more_bytes_than_it_holds_is_refused_before_any_allocatio
         load_bin(str(crafted))
 
 
+TEN_PAIRS = "10\t1\n" + "Ann_A\t1\t2\nBob_B\t1\tCy_C\t2\n" * 10  # what the 10-fold protocol needs at least
+
+
 def test_targets_resolve_by_name_or_path(tmp_path):
-    make_folder(tmp_path / "mylfw")
+    make_folder(tmp_path / "mylfw", pairs_text=TEN_PAIRS)
+    issame = [False, True] * 5
     with open(tmp_path / "agedb_30.bin", "wb") as f:
-        pickle.dump(([jpeg(10), jpeg(20), jpeg(30), jpeg(30)], [False, True]), f)
+        pickle.dump(([jpeg(10), jpeg(20), jpeg(30), jpeg(30)] * 5, issame), f)
     assert load_target("agedb_30", str(tmp_path)).name == "agedb_30"
     assert load_target("mylfw", str(tmp_path)).name == "mylfw"
-    assert load_target(str(tmp_path / "agedb_30.bin"), "/nowhere").issame.tolist() == [False, True]
+    assert load_target(str(tmp_path / "agedb_30.bin"), "/nowhere").issame.tolist() == issame
     with pytest.raises(DataError, match="verification target 'cplfw' not found: looked for .*cplfw.bin"):
         load_target("cplfw", str(tmp_path))
+
+
+def test_a_target_too_small_for_ten_folds_is_refused_before_any_embedding(tmp_path):
+    make_folder(tmp_path / "small")  # 4 pairs of both kinds: readable, but not scorable
+    assert len(load_pairs_folder(str(tmp_path / "small")).issame) == 4
+    with pytest.raises(DataError, match=f"{tmp_path / 'small' / 'pairs.txt'}: 4 pairs; the verification protocol "
+                                        "scores 10 folds of them, so it needs at least 10"):
+        load_target(str(tmp_path / "small"), "/nowhere")
 
 
 def test_a_target_with_pairs_of_one_kind_is_refused_naming_its_file(tmp_path):

@@ -36,7 +36,8 @@ from evaluation.protocol import l2_normalize  # noqa: E402
 from model.checkpoint import CheckpointError, run_checkpoint  # noqa: E402
 from model.loading import load_model  # noqa: E402
 from util import distributed  # noqa: E402
-from util.files import OutputError, make_outdir, write_json  # noqa: E402
+from util.errors import InputError  # noqa: E402
+from util.files import make_outdir, write_json  # noqa: E402
 
 MAX_OTHER = 2_000_000  # theta_j: every non-target pair up to this many, else a random sample of this size
 DEFAULT_K = 80.0  # SFace's slope, for the suggested curves of runs that have none
@@ -194,4 +195,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    distributed.run_main(main, expected_errors=(DataError, CheckpointError, OutputError))
+    distributed.run_main(main, expected_errors=(InputError,))

@@ -28,7 +28,7 @@ from data.convert import (BAD_RECORDS_NAME, LABEL_MAP_NAME, bin_to_pairs_folder,
 from data.image_list import LIST_NAME  # noqa: E402
 from data.images import parse_size  # noqa: E402
 from data.rec import REC_NAME, record_name  # noqa: E402
-from data.text import DataError  # noqa: E402
+from util.errors import InputError  # noqa: E402
 
 LISTED_BAD_RECORDS = 20
 
@@ -146,7 +146,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, OSError) as e:  # bad input: the message names the file at fault
+    except (InputError, OSError) as e:  # bad input: the message names the file at fault
         sys.exit(f"error: {e}")
 
 

@@ -22,11 +22,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.text import DataError  # noqa: E402
 from data.verification_sets import load_target  # noqa: E402
 from evaluation.protocol import flip_fused, pair_distances, verification_report  # noqa: E402
-from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
+from evaluation.results_file import read_results, row_number, target_row  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
+from util.errors import InputError  # noqa: E402
 from util.options import finite_float  # noqa: E402
 
 FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the image
@@ -34,7 +34,10 @@ FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the imag
 
 def opencv_features(model_path, pair_set):
     """Features of each distinct image and of its mirror image, from FaceRecognizerSF."""
-    recognizer = cv2.FaceRecognizerSF.create(model_path, "")
+    try:
+        recognizer = cv2.FaceRecognizerSF.create(model_path, "")
+    except cv2.error as e:  # a graph OpenCV's importer cannot build
+        raise ExportError(f"{model_path}: OpenCV cannot load this model ({' '.join(str(e).split())})") from None
     features, mirrored = [], []
     for i in tqdm(range(len(pair_set.encoded)), desc=f"FaceRecognizerSF on {pair_set.name}", leave=False,
                   disable=None):  # a bar only on a terminal
@@ -48,7 +51,7 @@ def jittor_accuracy(results_path, target):
     """The accuracy (and its std) eval_SFace_jittor.py wrote for `target`, and the checkpoint it scored."""
     checkpoint, rows = read_results(results_path)
     row = target_row(results_path, rows, target)
-    return row["accuracy"], row["accuracy_std"], checkpoint
+    return row_number(results_path, row, "accuracy"), row_number(results_path, row, "accuracy_std"), checkpoint
 
 
 def main(argv=None):
@@ -66,7 +69,7 @@ def main(argv=None):
         pair_set = load_target(args.target, ".")
         jittor = jittor_accuracy(args.compare, pair_set.name) if args.compare else None  # before the scoring
         features, mirrored = opencv_features(args.model, pair_set)
-    except (DataError, ExportError, ResultsError) as e:  # the message names the file at fault
+    except InputError as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     report = verification_report(pair_distances(flip_fused(features, mirrored), pair_set.pairs), pair_set.issame,
                                  raw_embeddings=(features, mirrored))

@@ -15,11 +15,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
 
-
-from interop.onnx_export import DEFAULT_OPSET, ExportError, backbone_onnx  # noqa: E402
-from model.checkpoint import CheckpointError, is_scf  # noqa: E402
+from interop.onnx_export import DEFAULT_OPSET, backbone_onnx  # noqa: E402
+from model.checkpoint import is_scf  # noqa: E402
 from model.loading import load_model  # noqa: E402
+from util.errors import InputError  # noqa: E402
 from util.files import OutputError, make_outdir, write_atomically  # noqa: E402
+from util.options import positive_int  # noqa: E402
 
 
 def batch_size(text):
@@ -32,7 +33,7 @@ def check_output_file(out):
     """Refuse an --out that is a folder and make the folder it goes in, before any export work."""
     if os.path.isdir(out):
         raise OutputError(f"{out}: a folder; --out names the .onnx file to write")
-    make_outdir(os.path.dirname(os.path.abspath(out)))
+    make_outdir(os.path.dirname(os.path.abspath(out)), "--out")
 
 
 def export(checkpoint, out, batch, opset):
@@ -53,11 +54,11 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=batch_size, default="1",
                    help="batch dimension: 1 (what FaceRecognizerSF feeds), any N, or 'dynamic' (default: 1)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     args = p.parse_args(argv)
     try:
         cfg, proto = export(args.checkpoint, args.out, args.batch, args.opset)
-    except (CheckpointError, ExportError, OutputError) as e:  # the message names the file at fault
+    except InputError as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     height, width = cfg["input_hw"]
     print(f"{args.out}: {cfg['net']} {height}x{width} -> {cfg['embedding_size']}-d, batch {args.batch}, "

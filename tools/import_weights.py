@@ -34,6 +34,7 @@ from model.checkpoint import load_weights, save_checkpoint  # noqa: E402
 from model.torch_pickle import load_torch_file  # noqa: E402
 from model.weight_files import read_reference_pytorch, state_dict_arrays  # noqa: E402
 from util.files import OutputError  # noqa: E402
+from util.options import finite_float  # noqa: E402
 
 
 def backbone_config(net, input_hw, embedding_size, input_norm, source):
@@ -101,7 +102,7 @@ def main(argv=None):
     s.add_argument("--backbone", required=True, help="backbone state dict (.pth)")
     s.add_argument("--head", help="SFace head state dict (.pth), optional")
     s.add_argument("--input_size", default="112x112")
-    s.add_argument("--input_scale", type=float, default=SFACE_TORCH_INPUT_SCALE,
+    s.add_argument("--input_scale", type=finite_float, default=SFACE_TORCH_INPUT_SCALE,
                    help="pixel scale after subtracting 127.5: 0.078125 for the official SFace code, "
                         "1/127.5 for face.evoLVe, 1/128 for InsightFace")
     for s in sub.choices.values():
@@ -115,7 +116,11 @@ def main(argv=None):
         load_weights(model, backbone_arrays, f"{args.source} weights")  # every name and shape must fit
     except OSError as e:  # a file that cannot be opened
         sys.exit(f"error: cannot import {args.source} weights: {e.filename}: {e.strerror}")
-    except (KeyError, ValueError) as e:
+    except KeyError as e:  # an array the source's layout has and the file lacks
+        source_file = {"insightface": args.params, "xiaoccer": args.checkpoint, "pytorch": args.backbone}[args.source]
+        sys.exit(f"error: cannot import {args.source} weights: {source_file}: holds no array {e} (not a {args.source} "
+                 "model?)")
+    except ValueError as e:
         sys.exit(f"error: cannot import {args.source} weights: {e}")
     try:
         save_checkpoint(args.out, {"config": cfg}, backbone_arrays, head_arrays)

@@ -28,6 +28,7 @@ from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.loading import load_model  # noqa: E402
+from util.errors import InputError  # noqa: E402
 from util.options import finite_float  # noqa: E402
 
 ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
@@ -35,7 +36,7 @@ ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDet
 DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jittor.py's default --outdir
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad input to this tool; the message names the file."""
 
 

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import jittor as jt
 import numpy as np
 
+from .errors import InputError
+
 
 def in_mpi():
     return bool(jt.in_mpi)
@@ -49,7 +51,7 @@ def parse_workers(text):
         raise ValueError(f"--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, got '{text}'") from None
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """A device asked for that this machine does not have."""
 
 

@@ -13,11 +13,13 @@ import zipfile
 
 import numpy as np
 
+from .errors import InputError
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPORARY = ".tmp"  # a file being written: <name>.tmp<PID>, renamed to <name> once whole
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """An output folder or file that cannot be written, or a run that would be overwritten; the path is named."""
 
 
