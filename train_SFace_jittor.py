@@ -9,10 +9,9 @@ divided by 10 at each of `--stages`; the targets are scored every `--eval_freq` 
 """
 import util.runtime  # noqa: F401  (must precede jittor: picks the CPU build on GPU-less machines)
 
-import os
 from functools import partial
 
-from data.label_noise import NOISE_FILE, apply_label_noise, write_noise_list
+from data.label_noise import apply_noise, write_noise_lists
 from evaluation.angles import angle_summary
 from train.config import SFACE, RunFinished, configure
 from train.loop import Run
@@ -26,20 +25,19 @@ from util.errors import InputError
 
 
 def add_label_noise(run, cfg):
-    """--label_noise: the flips drawn from the seed, trained with from the first step, listed in the outdir."""
-    flipped, original = apply_label_noise(run.dataset, cfg["label_noise"], cfg["seed"])
-    path = os.path.join(cfg["outdir"], NOISE_FILE)
-    if distributed.is_main():
-        write_noise_list(path, run.dataset, flipped, original)
-    run.log.info("label noise %g: %d of %d images trained with another class's label (drawn from seed %d), listed "
-                 "in %s", cfg["label_noise"], len(flipped), len(run.dataset), cfg["seed"], path)
+    """--label_noise, --label_noise_open: drawn from the seed, trained with from the first step, listed in the outdir."""
+    noise = apply_noise(run.dataset, cfg["label_noise"], cfg["label_noise_open"], cfg["seed"])
+    written = write_noise_lists(cfg["outdir"], run.dataset, noise) if distributed.is_main() else []
+    run.log.info("label noise (seed %d): %d of %d images trained with another class's label, %d replaced by images "
+                 "of people outside the training classes%s", cfg["seed"], len(noise.flipped), len(run.dataset),
+                 len(noise.replaced), f"; listed in {', '.join(written)}" if written else "")
 
 
 def main(argv=None):
     cfg, checkpoint, weights = configure(SFACE, argv)
     # SFace's a is the angle below which a sample is no longer pulled: each log window counts those.
     run = Run(cfg, checkpoint, partial(angle_summary, a=cfg["head_params"].get("a")))
-    if cfg["label_noise"]:
+    if cfg["label_noise"] or cfg["label_noise_open"]:
         add_label_noise(run, cfg)
     validation = Validation(load_eval_targets(cfg, run.log), cfg["batch_size"],
                             checkpoint["meta"]["best"] if checkpoint else None)

@@ -14,14 +14,14 @@ from .angles import r_inter, r_intra  # noqa: E402
 
 
 def save_angle_plot(path, groups, theta_other, curves, history=None, title=""):
-    """groups: {label: theta_y array} (clean / label-flipped, or all); theta_other: theta_j array;
+    """groups: {label: theta_y array} (clean / label-flipped / outsiders, or all); theta_other: theta_j array;
     curves: [(label, k, a, b, linestyle)] drawn as r_intra and r_inter on a second axis;
     history: train records of metrics.jsonl that hold `angles` (drawn on a second panel) or None."""
     panels = 2 if history else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), dpi=100, squeeze=False)
     ax = axes[0][0]
     bins = np.linspace(0.0, math.pi, 91)  # 2-degree bins for the picture; the logged histograms are coarser
-    for (label, theta), colour in zip(groups.items(), ("tab:blue", "tab:red")):
+    for (label, theta), colour in zip(groups.items(), ("tab:blue", "tab:red", "tab:orange")):
         ax.hist(theta, bins, density=True, alpha=0.55, color=colour, label=f"θ_y {label} ({len(theta)})")
     ax.hist(theta_other, bins, density=True, alpha=0.45, color="tab:gray", label=f"θ_j ({len(theta_other)})")
     ax.set_xlim(0.0, math.pi)

@@ -61,6 +61,26 @@ def test_a_run_resumed_mid_window_logs_the_same_angles_with_the_same_flips(noisy
         assert_same_angles(a["angles"], b["angles"])
 
 
+def test_an_open_set_run_trains_with_outsiders_and_the_report_counts_them_apart(tmp_path):
+    """--label_noise_open: outsiders' images (other demo people) in place of a quarter of the listed ones."""
+    from conftest import copy_demo_faces
+    from data.label_noise import OPEN_NOISE_FILE, OPEN_SET_LIST
+    data_root, _ = copy_demo_faces(tmp_path / "data", classes=4, per_class=4)
+    outsiders, entries = copy_demo_faces(tmp_path / "outsiders", classes=8, per_class=1)
+    os.makedirs(data_root / "open_set")
+    for path, label in entries[4:]:  # classes the training list does not hold
+        os.rename(outsiders / path, data_root / "open_set" / os.path.basename(path))
+    (data_root / OPEN_SET_LIST).write_text("".join(f"open_set/{os.path.basename(p)}\n" for p, _ in entries[4:]))
+    train(data_root, tmp_path / "run", "--label_noise_open", "0.25")
+    lines = (tmp_path / "run" / OPEN_NOISE_FILE).read_text().splitlines()[1:]
+    assert len(lines) == 4 and all(line.split()[2].startswith("open_set/") for line in lines)
+    out = str(tmp_path / "report")
+    result, printed = report_json([sys.executable, REPORT, "--checkpoint", str(tmp_path / "run"), "--out", out,
+                                   "--workers_id", "cpu"], out)
+    assert result["outsider_images"] == 4 and result["flipped_images"] == 0 and "theta_y_outsider" in result
+    assert result["unpulled"]["outsider"] is not None and "4 outsiders' images" in printed
+
+
 def test_other_heads_log_angles_without_an_unpulled_share(tiny_face_set, tmp_path):
     data_root, _ = tiny_face_set(classes=4, per_class=4)
     records = train(data_root, tmp_path / "arc", "--head", "ArcFace")

@@ -8,8 +8,8 @@ the run; then an (a, b) suggestion from them.
 
 Works for a checkpoint of any head (every head has class centres). The images are embedded as they
 are (no mirror image), in eval mode, and scored against the head's centres with the labels the run
-trained on: a run with --label_noise gets its flips again from its config, and its flipped and
-clean images are shown and counted apart. Writes <out>.png and <out>.json (default: angle_report in
+trained on: a run with --label_noise or --label_noise_open gets its noise again from its config, and its
+label-flipped, outsiders' and clean images are shown and counted apart. Writes <out>.png and <out>.json (default: angle_report in
 the checkpoint's folder) and prints the percentiles; the run's metrics.jsonl (beside the checkpoint)
 gives the second panel. Suggestion rule: a = the 90th percentile of theta_y, b = the 1st percentile
 of theta_j less 3/k (evaluation/angles.py).
@@ -25,7 +25,7 @@ import util.runtime  # noqa: E402,F401
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data.label_noise import apply_label_noise  # noqa: E402
+from data.label_noise import apply_noise  # noqa: E402
 from data.text import DataError  # noqa: E402
 from data.training_sets import open_training_set  # noqa: E402
 from evaluation.angle_plot import save_angle_plot  # noqa: E402
@@ -90,7 +90,8 @@ def load_images(dataset, indices, num_workers):
 
 
 def training_angles(args):
-    """-> dict(theta_y, theta_j, flipped (bool per image), config, images); embedding split over the ranks."""
+    """-> dict(theta_y, theta_j, noisy ({"flipped", "outsider"}: bool per image), config, images, skipped);
+    embedding split over the ranks."""
     model = load_model(args.checkpoint)
     cfg = model.config
     centres = class_centres(model, args.checkpoint)
@@ -98,9 +99,10 @@ def training_angles(args):
     if dataset.num_classes > len(centres):
         raise DataError(f"{dataset.source}: {dataset.num_classes} classes, but {args.checkpoint} has {len(centres)} "
                         f"class centres: not the data it was trained on (give that with --data_root)")
-    flipped_set = np.zeros(len(dataset), bool)
-    if cfg.get("label_noise"):
-        flipped_set[apply_label_noise(dataset, cfg["label_noise"], cfg["seed"])[0]] = True
+    # The noise the run trained with, drawn again from its seed (imported weights have none).
+    noise = apply_noise(dataset, cfg.get("label_noise", 0.0), cfg.get("label_noise_open", 0.0), cfg.get("seed", 0))
+    noisy = {kind: np.isin(np.arange(len(dataset)), indices) for kind, indices in
+             (("flipped", noise.flipped), ("outsider", noise.replaced))}
     indices = np.flatnonzero(dataset.labels >= 0)  # a .rec record without a readable label has -1
     if args.max_images and args.max_images < len(indices):
         indices = np.sort(np.random.default_rng(0).choice(indices, args.max_images, replace=False))
@@ -124,7 +126,7 @@ def training_angles(args):
     if len(others) > MAX_OTHER:
         others = np.random.default_rng(0).choice(others, MAX_OTHER, replace=False)
     return {"theta_y": angles(cos[np.arange(len(labels)), labels]), "theta_j": angles(others),
-            "flipped": flipped_set[indices],
+            "noisy": {kind: mask[indices] for kind, mask in noisy.items()},
             "config": cfg, "images": len(indices), "skipped": int((~loaded).sum())}
 
 
@@ -137,24 +139,30 @@ def report(args, history):
     found = training_angles(args)
     if not distributed.is_main():
         return None
-    cfg, theta_y, theta_j, flipped = found["config"], found["theta_y"], found["theta_j"], found["flipped"]
+    cfg, theta_y, theta_j, noisy = found["config"], found["theta_y"], found["theta_j"], found["noisy"]
+    clean = ~(noisy["flipped"] | noisy["outsider"])
     sface = cfg.get("head") == "SFaceLoss"
     params = cfg.get("head_params", {})
     k = params.get("k", DEFAULT_K)
-    a, b = suggest_ab(theta_y[~flipped], theta_j, k)  # from the clean images: the flipped ones are not the data
+    a, b = suggest_ab(theta_y[clean], theta_j, k)  # from the clean images: the noisy ones are not the data
     result = {"checkpoint": args.checkpoint, "head": cfg.get("head"), "images": found["images"],
-              "skipped_images": found["skipped"], "flipped_images": int(flipped.sum()),
-              "theta_y": percentiles(theta_y), "theta_y_clean": percentiles(theta_y[~flipped]),
+              "skipped_images": found["skipped"], "flipped_images": int(noisy["flipped"].sum()),
+              "outsider_images": int(noisy["outsider"].sum()),
+              "theta_y": percentiles(theta_y), "theta_y_clean": percentiles(theta_y[clean]),
               "theta_j": percentiles(theta_j), "theta_j_pairs": len(theta_j), "suggested": {"a": a, "b": b, "k": k}}
-    if flipped.any():
-        result["theta_y_flipped"] = percentiles(theta_y[flipped])
+    for kind, mask in noisy.items():
+        if mask.any():
+            result[f"theta_y_{kind}"] = percentiles(theta_y[mask])
     curves = [("suggested", k, a, b, "--")]
     if sface:
         curves.insert(0, ("run", k, params["a"], params["b"], "-"))
         result["unpulled"] = {"all": fraction_unpulled(theta_y, params["a"]),
-                              "clean": fraction_unpulled(theta_y[~flipped], params["a"]),
-                              "flipped": fraction_unpulled(theta_y[flipped], params["a"]) if flipped.any() else None}
-    groups = {"clean": theta_y[~flipped], "label-flipped": theta_y[flipped]} if flipped.any() else {"": theta_y}
+                              "clean": fraction_unpulled(theta_y[clean], params["a"]),
+                              **{kind: fraction_unpulled(theta_y[mask], params["a"]) if mask.any() else None
+                                 for kind, mask in noisy.items()}}
+    groups = {"clean": theta_y[clean], "label-flipped": theta_y[noisy["flipped"]],
+              "outsiders": theta_y[noisy["outsider"]]}
+    groups = {name: theta for name, theta in groups.items() if len(theta)} if not clean.all() else {"": theta_y}
     title = (f"{cfg.get('net')} + {cfg.get('head')}, {found['images']} training images, "
              f"{os.path.basename(args.checkpoint)}")
     save_angle_plot(args.out + ".png", groups, theta_j, curves, history, title)
@@ -165,19 +173,21 @@ def report(args, history):
 
 
 def print_report(result, sface_params):
-    print(f"{result['images']} training images ({result['flipped_images']} label-flipped), "
+    print(f"{result['images']} training images ({result['flipped_images']} label-flipped, "
+          f"{result['outsider_images']} outsiders' images), "
           f"{result['theta_j_pairs']} non-target pairs; angles in radians")
     print(f"{'':<18}" + "".join(f"{f'p{p}':>8}" for p in PERCENTILES))
     rows = [("theta_y", "theta_y"), ("theta_y clean", "theta_y_clean"), ("theta_y flipped", "theta_y_flipped"),
-            ("theta_j", "theta_j")]
+            ("theta_y outsiders", "theta_y_outsider"), ("theta_j", "theta_j")]
+    noisy = result["flipped_images"] or result["outsider_images"]
     for name, key in rows:
-        if key in result and (key != "theta_y_clean" or result["flipped_images"]):
+        if key in result and (key != "theta_y_clean" or noisy):
             print(f"{name:<18}" + "".join(f"{v:>8.3f}" for v in result[key].values()))
     if sface_params:
         u = result["unpulled"]
-        flipped = f", flipped {100 * u['flipped']:.1f} %" if u["flipped"] is not None else ""
+        noisy = "".join(f", {kind} {100 * u[kind]:.1f} %" for kind in ("flipped", "outsider") if u[kind] is not None)
         print(f"no longer pulled (theta_y < a = {sface_params['a']:g}): all {100 * u['all']:.1f} %, "
-              f"clean {100 * u['clean']:.1f} %{flipped}")
+              f"clean {100 * u['clean']:.1f} %{noisy}")
     s = result["suggested"]
     print(f"suggested (a, b) = ({s['a']:.2f}, {s['b']:.2f}) for k = {s['k']:g}: a = p90 of the clean theta_y, "
           f"b = p1 of theta_j - 3/k")

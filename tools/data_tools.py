@@ -10,6 +10,8 @@
     # LFW-style pairs folder <-> InsightFace .bin
     python3 tools/data_tools.py pairs-to-bin --pairs_folder data/lfw --out data/lfw.bin
     python3 tools/data_tools.py bin-to-pairs --bin data/agedb_30.bin --out data/agedb_30
+    # an identity-disjoint training set and test target from an aligned LFW (folds 1-2 held out)
+    python3 tools/data_tools.py lfw-protocol --lfw data/lfw --out data/lfw_protocol --test_folds 1,2 --min_images 3
 
 Each prints a summary; bad input stops with `error: <file>: <problem>` and exit status 1.
 rec-to-images and check-list also exit with status 1 when they found bad records or images.
@@ -27,8 +29,11 @@ from data.convert import (BAD_RECORDS_NAME, LABEL_MAP_NAME, bin_to_pairs_folder,
                           pairs_folder_to_bin, rec_to_images)
 from data.image_list import LIST_NAME  # noqa: E402
 from data.images import parse_size  # noqa: E402
+from data.label_noise import OPEN_SET_LIST  # noqa: E402
+from data.lfw_protocol import FOLDS, TEST_TARGET, write_protocol  # noqa: E402
 from data.rec import REC_NAME, record_name  # noqa: E402
 from util.errors import InputError  # noqa: E402
+from util.options import positive_int  # noqa: E402
 
 LISTED_BAD_RECORDS = 20
 
@@ -92,6 +97,23 @@ def bin_to_pairs_command(args):
     return 0
 
 
+def lfw_protocol_command(args):
+    r = write_protocol(args.lfw, args.out, args.test_folds, args.min_images)
+    print(f"{args.out}: {r['train_images']} training images of {r['train_people']} people with {args.min_images} or "
+          f"more images outside folds {', '.join(map(str, r['test_folds']))}; test target "
+          f"{os.path.join(args.out, TEST_TARGET)}: {r['test_pairs']} pairs of {r['test_people']} people; open-set pool "
+          f"{r['open_set_images']} images of {r['open_set_people']} other people ({OPEN_SET_LIST})")
+    return 0
+
+
+def fold_numbers(text):
+    """--test_folds' type: comma-separated fold numbers."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'") from None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -133,6 +155,17 @@ def parse_args(argv):
     s.add_argument("--bin", required=True, help="the .bin file to read")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(run=bin_to_pairs_command)
+    s = sub.add_parser("lfw-protocol", help="aligned LFW -> an identity-disjoint training set and test target",
+                       description="Hold out the pairs of --test_folds (LFW View 2 folds are disjoint by person) as "
+                                   "the target OUT/lfw_test, train on every other person with at least --min_images "
+                                   "images (OUT/imgs.txt, property, label_map.txt), and list the remaining people's "
+                                   "images in OUT/open_set.txt for --label_noise_open; OUT/protocol.json records how.")
+    s.add_argument("--lfw", required=True, help="aligned LFW: images/<Name>/<Name>_NNNN.jpg and pairs.txt (View 2)")
+    s.add_argument("--out", required=True, help="the new data root (a new or empty folder)")
+    s.add_argument("--test_folds", type=fold_numbers, default="1,2", help="held-out folds (default: 1,2)")
+    s.add_argument("--min_images", type=positive_int, default=3,
+                   help="images a person needs to be a training class (default: 3)")
+    s.set_defaults(run=lfw_protocol_command)
     args = p.parse_args(argv)
     if args.command == "check-list":
         try:

@@ -83,6 +83,10 @@ SFACE_OPTIONS = {
     "label_noise": Option(float, 0.0, "fraction P of the training images given another class's label (closed-set "
                                       "noise drawn from --seed; exactly round(P N) images; listed in "
                                       "<outdir>/label_noise.txt)"),
+    "label_noise_open": Option(float, 0.0, "fraction P of the training images replaced by images of people outside "
+                                           "the training classes, each keeping the label it replaces (open-set noise "
+                                           "from the data root's open_set.txt, as tools/data_tools.py lfw-protocol "
+                                           "writes it; drawn from --seed; listed in <outdir>/label_noise_open.txt)"),
     "amp": Option(FLAG, False, "mixed precision on the GPU: the backbone in float16, the head and the weights in "
                                "float32, a dynamic loss scale (refused on the CPU)"),
 }
@@ -213,8 +217,9 @@ def resolve_sface(cfg):
     cfg["stage_epochs"] = parse_int_list(cfg["stages"], "--stages")
     check_ranges(cfg, ("epochs", "batch_size", "embedding_size", "log_freq", "num_workers", "lr"),
                  ("eval_freq", "save_freq", "max_steps", "momentum", "weight_decay"))
-    if not 0.0 <= cfg["label_noise"] < 1.0:
-        raise ValueError(f"--label_noise must be a fraction in [0, 1), got {cfg['label_noise']}")
+    for key in ("label_noise", "label_noise_open"):
+        if not 0.0 <= cfg[key] < 1.0:
+            raise ValueError(f"--{key} must be a fraction in [0, 1), got {cfg[key]}")
     given = {k[len("param_"):]: cfg[k] for k in cfg["given"] if k.startswith("param_")}
     checked = head_params(cfg["head"], given, cfg["shard_head"])  # the one check: head, its parameters, sharding
     # The head's own --param_<x>, given or from the preset (a preset's a and b mean nothing to ArcFace).
