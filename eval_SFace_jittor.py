@@ -23,6 +23,7 @@ from data.images import parse_size
 from data.verification_sets import load_target
 from evaluation.embedding import EvalTarget, protocol_report, target_features
 from evaluation.ijb_scoring import IJB_FAR_TARGETS, ijb_features, ijb_reports
+from evaluation.protocol import FAR_TARGETS
 from evaluation.roc_plot import save_roc_plot
 from evaluation.scf_scoring import scf_report
 from model.checkpoint import BEST, LAST, run_checkpoint
@@ -30,6 +31,7 @@ from model.loading import load_model
 from util import distributed
 from util.errors import InputError
 from util.files import make_outdir, write_atomically, write_json, write_npz
+from util.options import non_negative_int, positive_int
 
 
 def parse_args(argv=None):
@@ -45,12 +47,14 @@ def parse_args(argv=None):
     p.add_argument("--eval_root", default=".", help="folder holding the named targets")
     p.add_argument("--net", help="backbone of a .pkl checkpoint (a .npz names its own)")
     p.add_argument("--input_size", default="112x112", help="input HxW of a .pkl checkpoint's backbone")
-    p.add_argument("--embedding_size", type=int, default=512, help="embedding size of a .pkl checkpoint's backbone")
-    p.add_argument("--batch_size", type=int, default=0, help="images per forward pass on each rank "
-                                                          "(default: 16 on CPU, where small batches run fastest; 256 on GPU)")
+    p.add_argument("--embedding_size", type=positive_int, default=512,
+                   help="embedding size of a .pkl checkpoint's backbone")
+    p.add_argument("--batch_size", type=non_negative_int, default=0,
+                   help="images per forward pass on each rank (default 0: 16 on CPU, where small batches run fastest; "
+                        "256 on GPU)")
     p.add_argument("--no_flip", action="store_true", help="embed the images only, not their mirror images too")
     p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
-    p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
+    p.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
     p.add_argument("--save_features", action="store_true",
                    help="also write features_<target>.npz: unit embeddings (and SCF kappas) of each distinct image "
@@ -58,8 +62,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.target.strip() and not args.ijb:
         p.error("give --target, --ijb or both")
-    if args.batch_size < 0:
-        p.error(f"--batch_size must be positive, got {args.batch_size}")
     if not args.checkpoint.endswith((".npz", ".pkl")) and not os.path.exists(args.checkpoint):
         p.error(f"--checkpoint {args.checkpoint}: no such file or folder")  # a missing .npz or .pkl: its loader says
     try:
@@ -75,13 +77,14 @@ def parse_args(argv=None):
 
 
 def print_table(reports):
-    header = f"{'target':<14}{'pairs':>7}{'accuracy':>18}{'threshold':>11}{'TAR@1e-3':>10}{'TAR@1e-4':>10}" \
-             f"{'AUC':>8}{'EER':>8}{'XNorm':>9}"
+    fars = [f"{far:g}" for far in FAR_TARGETS]
+    columns = "".join(f"{'TAR@' + f'{far:.0e}'.replace('e-0', 'e-'):>10}" for far in FAR_TARGETS)
+    header = f"{'target':<14}{'pairs':>7}{'accuracy':>18}{'threshold':>11}{columns}{'AUC':>8}{'EER':>8}{'XNorm':>9}"
     print(header)
     print("-" * len(header))
     for r in reports:
         print(f"{r['target']:<14}{r['pairs']:>7}{100 * r['accuracy']:>10.2f} ± {100 * r['accuracy_std']:<5.2f}"
-              f"{r['threshold']:>11.3f}{r['tar_at_far']['0.001']:>10.4f}{r['tar_at_far']['0.0001']:>10.4f}"
+              f"{r['threshold']:>11.3f}" + "".join(f"{r['tar_at_far'][far]:>10.4f}" for far in fars) +
               f"{r['auc']:>8.4f}{r['eer']:>8.4f}" + (f"{r['xnorm']:>9.2f}" if r["xnorm"] is not None else f"{'-':>9}"))
 
 

@@ -89,26 +89,69 @@ def test_the_benchmark_compares_the_training_step_with_a_plain_jittor_sgd_step_a
         assert float(ratios[ratios.index("live") + 2].rstrip("x")) > 0
 
 
+FAKE_TRAINER = """import json, os, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+with open(os.path.join(os.path.dirname(__file__), "calls.txt"), "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+os.makedirs(args["--outdir"], exist_ok=True)
+accuracy = 0.5 + 0.1 * int(args["--seed"]) + (0.2 if args["--head"] == "SFaceLoss" else 0.0)
+with open(os.path.join(args["--outdir"], "metrics.jsonl"), "w") as f:
+    for step, value in ((10, accuracy - 0.05), (20, accuracy)):
+        f.write(json.dumps({"kind": "eval", "step": step, "accuracy": value, "accuracy_std": 0.01,
+                            "tar_at_far": {"0.01": value / 2}}) + "\\n")
+"""
+
+
 def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_path, capsys, monkeypatch):
     from experiments import noise_experiment
-    for args, message in ((["--noise", "abc"], "argument --noise: not a number: 'abc'"),
-                          (["--noise", "0,1.5"], "argument --noise: each level must be a fraction in [0, 1), got 1.5"),
-                          (["--noise", "nan"], "argument --noise: must be a finite number, got 'nan'"),
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imgs.txt").write_text("a.jpg 0\n")
+    base = ["--outdir", str(tmp_path / "never"), "--data_root", str(tmp_path / "data")]
+    for args, message in ((["--noise", "closed:abc"], "argument --noise: not a number: 'abc'"),
+                          (["--noise", "closed:0,open:1.5"], "argument --noise: 'open:1.5': the fraction must be in"),
+                          (["--noise", "half:0.2"], "argument --noise: 'half:0.2': the kind must be closed or open"),
+                          (["--noise", "closed:nan"], "argument --noise: must be a finite number, got 'nan'"),
                           (["--heads", "SFaceLoss,ArcFase"], "argument --heads: unknown head 'ArcFase'; choose "
                                                               "from SFaceLoss"),
                           (["--heads", ","], "argument --heads: no head in ','"),
-                          (["--max_steps", "-1"], "argument --max_steps: must be >= 0, got -1")):
+                          (["--seeds", "1,x"], "argument --seeds: must be comma-separated integers"),
+                          (["--epochs", "0"], "argument --epochs: must be positive, got 0"),
+                          (["--data_root", str(tmp_path)], "holds no imgs.txt")):
         with pytest.raises(SystemExit) as stop:
-            noise_experiment.main(["--outdir", str(tmp_path / "never"), *args])
+            noise_experiment.main([*base, *args])
         assert stop.value.code == 2 and message in capsys.readouterr().err, args
     assert not (tmp_path / "never").exists()
     (tmp_path / "train_SFace_jittor.py").write_text("import sys\nsys.exit(3)\n")  # a training run that fails
     monkeypatch.setattr(noise_experiment, "REPO_ROOT", str(tmp_path))
     with pytest.raises(SystemExit) as stop:
-        noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--heads", "ArcFace", "--noise", "0.2"])
+        noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--data_root", str(tmp_path / "data"),
+                               "--heads", "ArcFace", "--noise", "closed:0.2", "--no_report"])
     assert str(stop.value.code).startswith("error: this run ended with exit status 3 (its messages are above): ")
-    assert "train_SFace_jittor.py --data_mode demo --head ArcFace --label_noise 0.2" in stop.value.code
-    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-noise20'}" in stop.value.code
+    assert "train_SFace_jittor.py --data_root" in stop.value.code and "--label_noise 0.2" in stop.value.code
+    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-closed0.2-seed1'}" in stop.value.code
+
+
+def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_and_tabulates(tmp_path, monkeypatch):
+    from experiments import noise_experiment
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imgs.txt").write_text("a.jpg 0\n")
+    (tmp_path / "train_SFace_jittor.py").write_text(FAKE_TRAINER)
+    monkeypatch.setattr(noise_experiment, "REPO_ROOT", str(tmp_path))
+    argv = ["--outdir", str(tmp_path / "runs"), "--data_root", str(tmp_path / "data"), "--heads", "CosFace,SFaceLoss",
+            "--noise", "closed:0,open:0.2", "--seeds", "1,2", "--no_report"]
+    noise_experiment.main(argv)
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    runs = [(c.split("--head ")[1].split()[0], "--label_noise_open" in c, c.split("--seed ")[1].split()[0])
+            for c in calls]
+    assert runs[:2] == [("SFaceLoss", False, "1"), ("SFaceLoss", False, "2")] and len(runs) == 8  # priority first
+    table = (tmp_path / "runs" / "results.md").read_text()
+    assert "| SFaceLoss | 85.00 ± 7.07 / 42.50 ± 3.54 (n=2) | 85.00 ± 7.07 / 42.50 ± 3.54 (n=2) |" in table
+    assert "| CosFace | 65.00 ± 7.07 / 32.50 ± 3.54 (n=2) |" in table
+    assert (tmp_path / "runs" / "noise_experiment.png").stat().st_size > 10_000
+    (tmp_path / "runs" / "SFaceLoss-open0.2-seed2" / "experiment.json").unlink()  # an interrupted run
+    noise_experiment.main(argv)
+    again = (tmp_path / "calls.txt").read_text().splitlines()[len(calls):]
+    assert len(again) == 1 and "--seed 2" in again[0] and "--label_noise_open 0.2" in again[0]
 
 
 def test_the_benchmark_checks_its_flags_before_any_work(capsys):

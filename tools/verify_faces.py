@@ -124,7 +124,7 @@ def main(argv=None):
     p.add_argument("--results", help=f"an eval_SFace_jittor.py results.json to take the threshold from "
                                      f"(default: {DEFAULT_RESULTS} when it exists)")
     p.add_argument("--target", help="which of its targets (needed when it holds several)")
-    p.add_argument("--far", type=false_accept_rate, default=FAR_TARGETS[0],
+    p.add_argument("--far", type=false_accept_rate, default=1e-3,
                    help="take the evaluation's threshold at this false-accept rate (default: %(default)g)")
     p.add_argument("--best_accuracy", action="store_true", help="take its best-accuracy threshold instead")
     args = p.parse_args(argv)

@@ -42,10 +42,9 @@ class Validation:
         backbone.train()
         best = self.best
         for r in reports:
-            log.info("[%s][step %d] accuracy %.4f +- %.4f  threshold %.2f  XNorm %.2f  AUC %.4f  EER %.4f  TAR@FAR "
-                     "1e-3 %.4f 1e-4 %.4f", r["target"], progress["step"], r["accuracy"], r["accuracy_std"],
-                     r["threshold"], r["xnorm"], r["auc"], r["eer"], r["tar_at_far"]["0.001"],
-                     r["tar_at_far"]["0.0001"])
+            log.info("[%s][step %d] accuracy %.4f +- %.4f  threshold %.2f  XNorm %.2f  AUC %.4f  EER %.4f  TAR@FAR %s",
+                     r["target"], progress["step"], r["accuracy"], r["accuracy_std"], r["threshold"], r["xnorm"],
+                     r["auc"], r["eer"], "  ".join(f"{far} {tar:.4f}" for far, tar in r["tar_at_far"].items()))
             if distributed.is_main():
                 record = {k: v for k, v in r.items() if k != "roc"}
                 metrics.write(dict(record, kind="eval", step=progress["step"], epoch=progress["epoch"] + 1))
