@@ -110,7 +110,8 @@ class Run:
             epoch = progress["epoch"]
             model.optimizer.lr = lr_at(cfg, epoch)
             bar = tqdm(total=len(self.loader), initial=progress["batch"], desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=None if distributed.is_main() else True, dynamic_ncols=True, leave=False)  # None: off if no TTY
+                       disable=None if distributed.is_main() else True,  # None: off without a terminal
+                       dynamic_ncols=True, leave=False)
             step_start = time.time()
             for images, labels in self.loader.epoch(epoch, progress["batch"]):
                 stats = step(images, labels, progress["step"])
