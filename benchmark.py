@@ -20,7 +20,7 @@ and splits it into communication and compute: every all-reduce the step issues i
 recorded with its size, then the same collectives are replayed alone and timed; compute
 is the rest. It also prints the bytes each rank sends into collectives per step, the
 head's memory per rank, and the largest rank's peak memory, from which larger set-ups
-can be estimated (README: Scaling).
+can be estimated (docs/multi-gpu.md).
 """
 import util.runtime  # noqa: F401  (must precede jittor)
 

@@ -3,7 +3,7 @@
 Jittor computes the sums over (N, H, W) a training step needs (BatchNorm's batch moments,
 the gradients of its scale and shift, PReLU's slope gradient) with generated reduce
 kernels that read NCHW at 1-5 GB/s on the CPU: two thirds of a MobileFaceNet step
-(README: Benchmark). Here they are one OpenMP kernel over contiguous planes, channel by
+(docs/benchmark.md). Here they are one OpenMP kernel over contiguous planes, channel by
 channel, accumulated in float64; everything else stays Jittor's element-wise ops, and the
 formulas are Jittor's own (batch moments, a biased running variance, statistics averaged
 over the ranks under mpirun unless `sync` is off). A BatchNorm followed by a PReLU runs as

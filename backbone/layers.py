@@ -6,7 +6,7 @@ from jittor import nn
 
 # Pixels arrive as RGB floats in 0..255 and are normalised inside the network, so a
 # checkpoint carries its own input convention. InsightFace's (x - 127.5) / 128 is the
-# default; the official SFace code used (x - 127.5) * 0.078125 (see README).
+# default; the official SFace code used (x - 127.5) * 0.078125 (docs/training.md).
 DEFAULT_INPUT_MEAN = 127.5
 DEFAULT_INPUT_SCALE = 1.0 / 128.0
 

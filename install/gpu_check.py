@@ -8,7 +8,7 @@ With a GPU, every Jittor op is run on it and compared with the same op on the CP
 the checks run on the CPU and compare with numpy (float64): forward values, and gradients through
 directional derivatives (<grad, d> against the central difference of the numpy function along a
 random direction d), so no numpy backward pass is needed. The SFace head is checked the same way
-against the formula of REFERENCE.md 1 with its r-weights held constant (they are gradient-blocked).
+against the formula of head/sface.py with its r-weights held constant (they are gradient-blocked).
 Then: training img/s of our own step (also with --amp, on a GPU), embedding img/s, `mpirun -np 2` on one device giving the
 weights of one process, and an interrupted-then-resumed run giving the weights of an uninterrupted
 one (both on the embedded demo data).

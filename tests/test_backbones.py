@@ -18,7 +18,7 @@ XIAOCCER_MOBILEFACENET_PARAMETERS = 999_552 + 128
 
 
 def ir_parameter_count(depth, height, width, embedding=512, se=False):
-    """Independent arithmetic over the architecture description (REFERENCE.md section 2)."""
+    """Independent arithmetic over the architecture of face.evoLVe's IR networks."""
     total = 3 * 64 * 9 + 2 * 64 + 64  # stem conv + BN + PReLU
     in_c = 64
     for d, units in zip((64, 128, 256, 512), UNITS_PER_STAGE[depth]):

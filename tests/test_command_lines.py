@@ -30,8 +30,8 @@ def test_one_flag_name_per_concept():
     texts = [help_text(path) for path in SCRIPTS.values()]
     texts += [help_text(DATA_TOOLS, command) for command in ("rec-to-images", "check-list")]
     for text in texts:
-        for retired in ("--threads", "--workers ", "--rec_workers"):
-            assert retired not in text
+        for other_name in ("--threads", "--workers ", "--rec_workers"):
+            assert other_name not in text
     assert "--processes" in help_text(DATA_TOOLS, "rec-to-images") and "--processes" in help_text(SCRIPTS["benchmark.py"])
     assert "--num_workers" in help_text(DATA_TOOLS, "check-list")
 

@@ -51,7 +51,7 @@ def test_recorded_cuda_settings_are_exported_and_a_users_value_wins(tmp_path, mo
 
 
 def test_one_process_uses_the_gpu_its_workers_id_names(monkeypatch, tmp_path):
-    """`--workers_id 1` without mpirun means GPU 1 (it used to be GPU 0)."""
+    """`--workers_id 1` without mpirun means GPU 1, not the first GPU."""
     import util.runtime as runtime
     for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "CUDA_VISIBLE_DEVICES", "nvcc_path"):
         monkeypatch.delenv(key, raising=False)

@@ -1,7 +1,7 @@
 """Every convolution of the backbones runs on oneDNN on the CPU, forward and both gradients, grouped
 and depthwise ones included: Jittor's conv tuner turns its reindex-and-reduce convolution graphs
-into oneDNN's mkl_conv ops (the premise that depthwise ones run on generated kernels, issue #15,
-did not hold). This guards that, e.g. across a Jittor upgrade."""
+into oneDNN's mkl_conv ops (none of them runs on Jittor's generated kernels). This guards that, e.g.
+across a Jittor upgrade."""
 import jittor as jt
 import numpy as np
 import pytest

@@ -229,7 +229,7 @@ def test_head_options_are_checked():
 
 
 def test_a_resumed_run_takes_the_overridable_options_it_is_given(tiny_face_set, tmp_path):
-    """--target and --eval_root (and the other options README lists) given to --resume replace the checkpoint's."""
+    """--target and --eval_root (and the other options docs/training.md lists) given to --resume replace the checkpoint's."""
     import train_SFace_jittor
     data_root, _ = tiny_face_set(classes=4, per_class=4)  # 4 batches of 4 per epoch
     small_pairs_folder(str(tmp_path / "targets" / "mini"))

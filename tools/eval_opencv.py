@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Score an exported model on a verification pair set through OpenCV alone, beside the Jittor evaluation.
 
-    python3 eval_SFace_jittor.py --checkpoint models/insightface_mobilefacenet.npz --target ../shared/data/lfw
-    python3 tools/eval_opencv.py --model models/insightface_mobilefacenet.onnx --target ../shared/data/lfw \\
+    python3 eval_SFace_jittor.py --checkpoint models/insightface_mobilefacenet.npz --target data/lfw
+    python3 tools/eval_opencv.py --model models/insightface_mobilefacenet.onnx --target data/lfw \\
         --compare eval_results/results.json
 
 Each aligned 112x112 image and its mirror image go through cv2.FaceRecognizerSF.feature (fed BGR,

@@ -29,7 +29,7 @@ FACE_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 Option = namedtuple("Option", "type default help")
 FLAG = "flag"  # an option's type: on when given
 
-# What both scripts mean the same by (README: "as in training").
+# What both scripts mean the same by (docs/training.md: "as in training").
 COMMON_OPTIONS = {
     "workers_id": Option(str, "auto", WORKERS_ID_HELP),
     "data_mode": Option(str, "casia", "dataset preset: default data root and the recipe's values"),
@@ -123,7 +123,7 @@ SFACE_PRESETS = {
     "demo": {**DEMO_RUN, "param_a": 0.87, "param_b": 1.2, "net": "MobileFaceNet", "target": "lfw_demo", "epochs": 3,
              "stages": "2", "lr": 0.05, "eval_freq": 0},
 }
-# SCF's public recipe on every set; on the demo model a short run at a higher Adam rate (README).
+# SCF's public recipe on every set; on the demo model a short run at a higher Adam rate (docs/training.md).
 SCF_PRESETS = {"casia": {}, "vgg": {}, "ms1m": {},
                "demo": {**DEMO_RUN, "epochs": 4, "step_size": 1, "lr": 1e-3}}
 

@@ -16,7 +16,7 @@ State (momentum buffers, Adam moments, step count) is named by parameter, e.g.
 With a loss scale (`--amp`, train/amp.py), a step whose gradients (summed over the ranks) are not
 all finite changes nothing and lowers the scale. Without one the step's graph is left exactly as
 it was (so results stay bit-identical), and the training step stops the run on a non-finite loss
-instead; checkpoints refuse non-finite weights (train/checkpoint.py).
+instead; checkpoints refuse non-finite weights (train/run_state.py).
 Learning-rate schedules: `stage_lr` (SFace's recipe) and `step_lr` (SCF's StepLR).
 """
 import math

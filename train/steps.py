@@ -71,7 +71,7 @@ def embed(backbone, images, amp):
     No Python name may hold them across the optimizer step: jt.grad (retain_graph=False) cuts the graph
     behind every Var except those Python holds, so a held backbone output keeps a differentiable path
     from the parameters, and every activation on it stays allocated after its last use in the step
-    (MobileFaceNet, batch 16: 867 MB live at the step's peak instead of 512 MB, README: Benchmark)."""
+    (MobileFaceNet, batch 16: 867 MB live at the step's peak instead of 512 MB, docs/benchmark.md)."""
     with float16_scope(amp):
         embeddings = backbone(jt.array(images))
     return embeddings.float32() if amp else embeddings

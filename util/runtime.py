@@ -20,12 +20,12 @@ visible GPUs, so each rank is shown only its own GPU (CUDA_VISIBLE_DEVICES), and
 within what was visible before.
 
 On the CPU, kernels are compiled one at a time (`use_parallel_op_compiler=0`): Jittor 1.3.11's
-parallel kernel compiler crashed here (SIGSEGV in a compile thread, 'C0' or 'C4') in about 1 of 100
+parallel kernel compiler crashes (SIGSEGV in a compile thread, 'C0' or 'C4') in about 1 of 100
 cold-cache launches of 3 mpirun ranks and in single processes compiling a new graph, the crash
 Jittor's maintainers answer with this setting (Jittor/JGAN issue 9). On 2 cores it costs little
-(README, Limits: measured) and nothing once kernels are cached. With a GPU, Jittor's parallel
-compiler stays on (not measured: the crash was never seen there, each kernel is a slow nvcc run, and
-GPU machines have the cores to run many). Export `use_parallel_op_compiler=N` to choose otherwise.
+(docs/gpu.md has the figures) and nothing once kernels are cached. With a GPU, Jittor's parallel
+compiler stays on (the crash is not known there, each kernel is a slow nvcc run, and GPU machines
+have the cores to run many). Export `use_parallel_op_compiler=N` to choose otherwise.
 """
 import json
 import os

@@ -4,9 +4,9 @@
 Training set: the identities with the most images (at most --max_per_identity each).
 Evaluation: the first --pairs_per_fold same and different pairs of each of the 10 official
 View 2 folds whose people are all absent from the training set. JPEG files are copied
-byte for byte. Run once by the maintainers; the result is committed.
+byte for byte. The result is part of the repository.
 
-    python3 data/demo/make_lfw_demo.py --lfw ../shared/data/lfw --out data/demo
+    python3 data/demo/make_lfw_demo.py --lfw data/lfw --out data/demo
 """
 import argparse
 import os
