@@ -30,6 +30,9 @@ from model.checkpoint import CheckpointError
 from util import distributed
 
 
+REPLICATED_GRADIENTS = "gradients (replicated parameters)"  # what the step's one all-reduce carries
+
+
 def named_parameters(modules):
     """{'<part>/<name>': Var} of what an optimiser updates (not BatchNorm running statistics)."""
     return {f"{part}/{name}": p for part, module in modules.items()
@@ -70,7 +73,7 @@ class Optimizer:
         scale = self.loss_scale.scale if self.loss_scale else 1.0
         grads = dict(zip(names, jt.grad(loss * scale if scale != 1.0 else loss, [self.params[n] for n in names])))
         shared = [n for n in names if n not in self.local]
-        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], "gradients")))
+        grads.update(zip(shared, distributed.all_reduce_sum([grads[n] for n in shared], REPLICATED_GRADIENTS)))
         grads = {n: self.unscaled(g, self.params[n], scale) for n, g in grads.items()}
         # Under a loss scale every update is a select on this flag: a skipped step changes nothing and
         # the step still runs as one graph (no extra sync).
