@@ -227,3 +227,14 @@ def test_a_new_run_removes_the_event_files_an_earlier_one_left(tmp_path):
     train_SFace_jittor.main(train_args(data_root, outdir, "--batch_size", "4", "--max_steps", "1", "--target", "none",
                                        "--tensorboard"))
     assert event_steps(events) == [1] and len(event_files(events)) == 1
+
+
+def test_tensorboard_without_its_writer_is_a_usage_error(monkeypatch, capsys):
+    import train.config
+    from train.config import SFACE, configure
+    assert configure(SFACE, ["--data_mode", "demo"]).cfg["tensorboard"] is False  # off unless given
+    monkeypatch.setattr(train.config, "writer_installed", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        configure(SFACE, ["--data_mode", "demo", "--tensorboard"])
+    assert stopped.value.code == 2 and "--tensorboard writes its event files with the tensorboardX package, which is " \
+                                      "not installed here: pip install -r requirements.txt" in capsys.readouterr().err

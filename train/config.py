@@ -45,9 +45,9 @@ COMMON_OPTIONS = {
     "max_steps": Option(int, 0, "stop after this many batches in all (0: no limit)"),
     "strict_data": Option(FLAG, False, "stop at the first missing or undecodable training image instead of "
                                        "skipping it"),
-    "tensorboard": Option(FLAG, False, "also write the run's figures as TensorBoard event files to "
-                                       "<outdir>/tensorboard (off unless given, even with tensorboardX installed; "
-                                       "needs tensorboardX)"),
+    "tensorboard": Option(FLAG, False, "also write the run's figures as TensorBoard event files in "
+                                       "<outdir>/tensorboard, with the tensorboardX package (off unless given, "
+                                       "whether or not that is installed)"),
 }
 
 SFACE_OPTIONS = {

@@ -7,12 +7,13 @@ Rank 0 turns each record into one event in `<outdir>/tensorboard/` (`tensorboard
   angles/theta_y_median, angles/theta_j_median, angles/unpulled   the same windows as scalars
   eval/<target>/<field>          each verification figure (accuracy, auc, eer, tar_at_far_0.001, ...)
 
-Events are written and flushed to disk as each record comes, with no writer thread, so a run killed after
-a checkpoint has the events of every step up to it. TensorBoard shows every event it reads, and a killed run
-wrote some past its last checkpoint: a resumed run cuts each event file back to the checkpoint's step
-(rewriting it whole, `write_atomically`) before it writes on, so each step is shown once. It also writes
-the records of metrics.jsonl that no event file holds (a run that gains --tensorboard when resumed), with
-the time of the resume as their wall time.
+Each record's event is written and flushed as it comes, by this process (tensorboardX's SummaryWriter hands
+events to a thread, and its flush does not wait for them), so a run killed after a checkpoint has the events
+of every step up to it. A killed run also wrote events past its last checkpoint, which TensorBoard would show
+beside the resumed run's (its Python loader shows both, its data server the later): a resumed run cuts each
+event file back to the checkpoint's step (rewriting it whole, `write_atomically`) before it writes on, so
+each step is there once. It also writes the records of metrics.jsonl that no event file holds (a run that
+gains --tensorboard when resumed), with the time of the resume as their wall time.
 """
 import glob
 import importlib.util
