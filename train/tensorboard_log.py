@@ -64,18 +64,23 @@ def record_scalars(record):
 
 
 def histogram_fields(counts, edges=HISTOGRAM_BINS):
-    """A logged histogram (counts in the bins `edges`) as TensorBoard's HistogramProto fields.
+    """A logged histogram (counts in the bins `edges`) as TensorBoard's HistogramProto fields, from its first
+    to its last non-empty bin.
 
     TensorBoard draws bucket i from bucket_limit[i - 1] (from `min` for the first) to bucket_limit[i] (to `max`
-    for the last): min and max are the outer edges, so every bucket is the logged bin. The sums (which it does
-    not draw) are the bin centres' sums, the only ones the record allows."""
+    for the last), and its Python loader first drops the empty buckets at either end: with those left out here
+    and min, max the outer edges of the rest, both of its loaders draw exactly the logged bins. The sums (which
+    it does not draw) are the bin centres', the only ones the record allows."""
     counts = np.asarray(counts, np.float64)
     if len(counts) != len(edges) - 1:
         raise ValueError(f"a histogram of {len(counts)} bins, expected {len(edges) - 1}")
+    held = np.flatnonzero(counts)
+    first, last = (held[0], held[-1]) if len(held) else (0, -1)
+    counts, edges = counts[first:last + 1], edges[first:last + 2]
     centres = (edges[:-1] + edges[1:]) / 2
-    return {"min": float(edges[0]), "max": float(edges[-1]), "num": float(counts.sum()),
-            "sum": float(counts @ centres), "sum_squares": float(counts @ centres ** 2),
-            "bucket_limit": [float(e) for e in edges[1:]], "bucket": counts.tolist()}
+    return {"min": float(edges[0]), "max": float(edges[-1]), "num": float(counts.sum()), "sum": float(counts @ centres),
+            "sum_squares": float(counts @ centres ** 2), "bucket_limit": [float(e) for e in edges[1:]],
+            "bucket": counts.tolist()}
 
 
 def record_histograms(record):
