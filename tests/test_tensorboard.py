@@ -31,8 +31,8 @@ LOADERS = ("--load_fast=auto", "--load_fast=false")
 SFACE_TRAIN_TAGS = {f"train/{k}" for k in ("loss", "intra", "inter", "cos_target", "cos_other", "train_acc", "lr",
                                             "img_per_s", "skipped_images")}
 ANGLE_SCALAR_TAGS = {"angles/theta_y_median", "angles/theta_j_median", "angles/unpulled"}
-EVAL_FIELDS = ("accuracy", "accuracy_std", "threshold", "xnorm", "auc", "eer", "tar_at_far_0.001",
-               "tar_at_far_0.0001", "threshold_at_far_0.001", "threshold_at_far_0.0001")
+EVAL_FIELDS = ("accuracy", "accuracy_std", "threshold", "xnorm", "auc", "eer")
+EVAL_BY_FAR = ("tar_at_far", "threshold_at_far")  # {FAR: figure}: a tag <field>_<FAR> for each FAR reported
 
 
 def train_args(data_root, outdir, *extra):
@@ -113,7 +113,7 @@ def logged(records, tag):
         return [(r["step"], r["angles"][field]["p50"]) for r in records if r["kind"] == "train"]
     target, _, field = name.partition("/")
     evals = [r for r in records if r["kind"] == "eval" and r["target"] == target]
-    for figures in ("tar_at_far", "threshold_at_far"):
+    for figures in EVAL_BY_FAR:
         if field.startswith(figures + "_"):
             return [(r["step"], r[figures][field[len(figures) + 1:]]) for r in evals]
     return [(r["step"], r[field]) for r in evals]
@@ -126,7 +126,12 @@ def as_float32(points):
 
 def check_served(port, records, target=None):
     """Every scalar and histogram tag of the records, each with the logged steps and values, nothing else."""
-    expected = SFACE_TRAIN_TAGS | ANGLE_SCALAR_TAGS | ({f"eval/{target}/{f}" for f in EVAL_FIELDS} if target else set())
+    expected = SFACE_TRAIN_TAGS | ANGLE_SCALAR_TAGS
+    if target:
+        evaluation = next(r for r in records if r["kind"] == "eval")
+        expected |= {f"eval/{target}/{f}" for f in EVAL_FIELDS}
+        expected |= {f"eval/{target}/{f}_{far}" for f in EVAL_BY_FAR for far in evaluation[f]}
+        assert f"eval/{target}/tar_at_far_0.001" in expected
     assert set(get_json(port, "plugin/scalars/tags")[RUN]) == expected
     for tag in sorted(expected):
         assert served_scalars(port, tag) == as_float32(logged(records, tag)), tag
