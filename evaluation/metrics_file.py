@@ -10,10 +10,12 @@ METRICS_NAME = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Append-only JSONL; `truncate_after(step)` drops what a killed run wrote past its last checkpoint."""
+    """Append-only JSONL; `truncate_after(step)` drops what a killed run wrote past its last checkpoint.
 
-    def __init__(self, path):
-        self.path = path
+    `also`: a function given each record once it is written (the run's TensorBoard writer), or None."""
+
+    def __init__(self, path, also=None):
+        self.path, self.also = path, also
 
     def start(self):
         write_atomically(self.path, b"", "metrics file")
@@ -25,9 +27,15 @@ class MetricsLog:
             kept = [line for line in f if line.strip() and _complete_record_upto(line, step)]
         write_atomically(self.path, "".join(kept), "metrics file")
 
+    def records(self):
+        """The records written so far (none before the file exists)."""
+        return read_metrics(self.path) if os.path.exists(self.path) else []
+
     def write(self, record):
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.also is not None:
+            self.also(record)
 
 
 def read_metrics(path):

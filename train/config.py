@@ -22,6 +22,7 @@ from util.files import REPO_ROOT
 from util.options import finite_float
 
 from .run_state import training_checkpoint
+from .tensorboard_log import writer_installed
 from .training_model import start_weights
 
 FACE_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
@@ -44,6 +45,9 @@ COMMON_OPTIONS = {
     "max_steps": Option(int, 0, "stop after this many batches in all (0: no limit)"),
     "strict_data": Option(FLAG, False, "stop at the first missing or undecodable training image instead of "
                                        "skipping it"),
+    "tensorboard": Option(FLAG, False, "also write the run's figures as TensorBoard event files in "
+                                       "<outdir>/tensorboard, with the tensorboardX package (off unless given, "
+                                       "whether or not that is installed)"),
 }
 
 SFACE_OPTIONS = {
@@ -130,7 +134,7 @@ SCF_PRESETS = {"casia": {}, "vgg": {}, "ms1m": {},
 # What a resumed run may change; everything else comes from the checkpoint's config, and giving it
 # another value is refused. A new --data_root must hold the same data (checked when it is read).
 COMMON_OVERRIDABLE = ("workers_id", "num_workers", "max_steps", "epochs", "save_freq", "log_freq", "strict_data",
-                      "outdir", "data_root")
+                      "tensorboard", "outdir", "data_root")
 # Options naming files: the same file however the path is spelt.
 PATH_OPTIONS = ("checkpoint", "resume_backbone", "resume_head")
 
@@ -149,8 +153,9 @@ def build_parser(spec):
     for name, option in spec.options.items():
         # Every default is None, so the options the user gave are known (see configure).
         shown = f" (default: {option.default})" if option.default not in (None, "", False) else ""
-        if option.type == FLAG:
-            p.add_argument(f"--{name}", action="store_true", default=None, help=option.help)
+        if option.type == FLAG:  # one a resumed run may change can be turned off too (--no-<name>)
+            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction if name in spec.overridable
+                           else "store_true", default=None, help=option.help)
         else:
             p.add_argument(f"--{name}", type=finite_float if option.type is float else option.type, default=None,
                            help=option.help + shown,
@@ -246,6 +251,9 @@ def resolve(spec, values):
     """Option values (and the keys a run carries, e.g. input_norm) -> the validated, read-only config with every
     derived key. Turns CUDA on or off as --workers_id asks (a GPU asked for but absent is an error)."""
     cfg = dict(values, gpu_ids=parse_workers(values["workers_id"]), device=select_device(values["workers_id"]))
+    if cfg["tensorboard"] and not writer_installed():
+        raise ValueError("--tensorboard writes its event files with the tensorboardX package, which is not installed "
+                         "here: pip install -r requirements.txt")
     return FrozenConfig(resolve_scf(cfg) if spec.scf else resolve_sface(cfg))
 
 

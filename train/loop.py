@@ -26,6 +26,7 @@ from util.files import write_json
 from .config import reached_max_steps
 from .logger import TrainWindow, describe_record, setup_logging
 from .run_state import open_run_folder, restore_state, save_state
+from .tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, remove_event_files
 
 CONFIG_NAME = "config.json"
 
@@ -43,7 +44,11 @@ class Run:
         if leftovers:
             self.log.info("removed %d partial checkpoint(s) that a process killed mid-write left: %s", len(leftovers),
                           ", ".join(leftovers))
-        self.metrics = MetricsLog(os.path.join(cfg["outdir"], METRICS_NAME))
+        # rank 0 writes metrics.jsonl and, with --tensorboard, the same records as TensorBoard events
+        self.tensorboard = TensorBoardLog(os.path.join(cfg["outdir"], TENSORBOARD_DIR)) \
+            if cfg["tensorboard"] and distributed.is_main() else None
+        self.metrics = MetricsLog(os.path.join(cfg["outdir"], METRICS_NAME),
+                                  self.tensorboard.write if self.tensorboard else None)
         meta = checkpoint["meta"] if checkpoint else {}
         self.progress = meta.get("progress", {"epoch": 0, "batch": 0, "step": 0})
         self.window = TrainWindow(meta.get("window"), summarise_angles)
@@ -67,10 +72,13 @@ class Run:
             restore_state(self.checkpoint, self.cfg["resume"], modules, model.optimizer)
             if distributed.is_main():
                 self.metrics.truncate_after(self.progress["step"])
+                if self.tensorboard:
+                    self.tensorboard.resume(self.progress["step"], self.metrics.records())
             self.log.info("resumed %s at epoch %d, batch %d (step %d)", self.cfg["resume"], self.progress["epoch"] + 1,
                           self.progress["batch"], self.progress["step"])
         elif distributed.is_main():
             self.metrics.start()
+            remove_event_files(os.path.join(self.cfg["outdir"], TENSORBOARD_DIR))
             write_json(os.path.join(self.cfg["outdir"], CONFIG_NAME), self.cfg, "run config")
         replicated = model.optimizer.replicated()
         distributed.broadcast_vars(list(replicated.values()))
@@ -152,6 +160,10 @@ class Run:
             validation.summary(self.log, self.cfg["outdir"])
         self.log.info("done at step %d; latest checkpoint %s", self.progress["step"],
                       os.path.join(self.cfg["outdir"], LAST))
+        if self.tensorboard:
+            self.tensorboard.close()
+            self.log.info("watch the curves: tensorboard --logdir %s", self.tensorboard.folder)
+        self.log.info("plot the curves: python3 tools/plot_run.py %s", self.cfg["outdir"])
 
 
 def moved(old_root, new_root):
