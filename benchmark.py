@@ -35,21 +35,26 @@ import sys
 import tempfile
 import time
 
+import cv2
 import jittor as jt
 import numpy as np
 from jittor import nn
 
 from backbone import build_backbone_from_config, check_backbone, cpu_layers
 from backbone.layers import count_parameters
+from data.align_photos import align_identity_folders
 from data.convert import rec_to_images
 from data.image_list import ImageListDataset, read_image_list
 from data.images import parse_size
 from data.loader import BatchLoader
+from data.photos import read_photo
+from data.scenes import random_scene, smooth_background
 from train.config import SFACE, check_ranges, configure
 from train.optim import SGD, batchnorm_parameter_names, named_parameters
 from train.steps import sface_step
 from train.training_model import build_model
 from util import distributed
+from util.files import REPO_ROOT
 from util.timing import median_seconds
 
 
@@ -179,11 +184,39 @@ def rec_seconds(args):
     return report.seconds * args.batch_size / report.images
 
 
+DEMO_IMAGES = os.path.join(REPO_ROOT, "data", "demo", "images")
+PHOTO_HW = (480, 640)
+
+
+def synthetic_photos(raw, count, seed=0):
+    """`count` 640x480 JPEG photos under raw/<identity>/: a demo face each (turned up to 20 degrees, scaled
+    1.2-1.8x, anywhere within 100 px of the middle) on a smooth random background."""
+    rng = np.random.default_rng(seed)
+    identities = sorted(os.listdir(DEMO_IMAGES))
+    for i in range(count):
+        identity = identities[i % len(identities)]
+        files = sorted(os.listdir(os.path.join(DEMO_IMAGES, identity)))
+        crop = read_photo(os.path.join(DEMO_IMAGES, identity, files[i // len(identities) % len(files)]))
+        photo, _ = random_scene(crop, rng, PHOTO_HW, offset=100, background=smooth_background(rng, PHOTO_HW))
+        os.makedirs(os.path.join(raw, identity), exist_ok=True)
+        cv2.imwrite(os.path.join(raw, identity, f"{i}.jpg"), photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def align_seconds(args):
+    """Seconds per batch-sized share of aligning synthetic 640x480 photos into a training data root (reading,
+    face detection, alignment, writing; --processes processes)."""
+    with tempfile.TemporaryDirectory() as work:
+        synthetic_photos(os.path.join(work, "raw"), args.align_photos)
+        report, _, _ = align_identity_folders(os.path.join(work, "raw"), os.path.join(work, "out"),
+                                              processes=args.processes)
+    return report.seconds * args.batch_size / report.photos
+
+
 # What one process measures (--measure): a step over a batch of args.batch_size images, timed and
 # profiled here, or seconds per batch-sized share of a data job.
 STEPS = {"train": train_step, "reference": reference_step, "jittors_layers": jittors_layers_step,
          "backbone": backbone_step, "embed": embed_step}
-DATA_JOBS = {"loader": loader_seconds, "rec": rec_seconds}
+DATA_JOBS = {"loader": loader_seconds, "rec": rec_seconds, "align": align_seconds}
 RESULT = "benchmark result: "
 
 
@@ -199,7 +232,8 @@ def live_peak_bytes(step):
 def measure(args):
     """This process's figure: seconds per batch, peak memory and, for a step, its live memory."""
     if args.measure in DATA_JOBS:
-        return {"seconds": DATA_JOBS[args.measure](args), "peak_bytes": peak_memory_bytes(args.measure == "rec"),
+        children = args.measure in ("rec", "align")  # their work runs in processes of their own
+        return {"seconds": DATA_JOBS[args.measure](args), "peak_bytes": peak_memory_bytes(children),
                 "live_bytes": None}
     step = STEPS[args.measure](args)
     seconds = median_seconds(step, args.warmup, args.steps)
@@ -300,6 +334,9 @@ def parse_args(argv=None):
                    help="also time converting this train.rec/.idx folder to JPEG files (all of it, into a temp folder)")
     p.add_argument("--processes", type=int, default=os.cpu_count(), help="converter processes (default: one per "
                                                                            "CPU core)")
+    p.add_argument("--align_photos", type=int, default=0, metavar="N",
+                   help="also time aligning N synthetic 640x480 photos (demo faces) into a training data root, with "
+                        "--processes processes")
     p.add_argument("--shard_head", action="store_true", help="under mpirun: split the class centres over the ranks")
     p.add_argument("--local_bn", action="store_true", help="under mpirun: BatchNorm statistics per rank")
     p.add_argument("--amp", action="store_true", help="the training step in mixed precision (GPU only)")
@@ -317,7 +354,7 @@ def parse_args(argv=None):
         args.input_hw = parse_size(args.input_size)
         check_backbone(args.net, args.input_hw)
         check_ranges(vars(args), ("batch_size", "embedding_size", "num_classes", "steps", "rounds", "num_workers",
-                                  "processes"), ("warmup",))
+                                  "processes"), ("warmup", "align_photos"))
         args.device = distributed.select_device(args.workers_id)
         if args.amp and args.device == "cpu":
             raise ValueError("--amp is mixed precision for the GPU; on the CPU leave it out")
@@ -344,11 +381,13 @@ def report(args):
               "jittors_layers": "train step, Jittor's BatchNorm and PReLU",
               "backbone": "train step, backbone only", "embed": "embedding (eval, no grad)",
               "loader": f"image-list loader, {args.num_workers} threads",
-              "rec": f".rec -> JPEG conversion, {args.processes} processes"}
+              "rec": f".rec -> JPEG conversion, {args.processes} processes",
+              "align": f"photo alignment 640x480, {args.processes} processes"}
     compared = [w for w, flag in (("reference", args.compare_reference),
                                   ("jittors_layers", args.compare_jittors_layers)) if flag]
     what = ["train", *compared, "backbone", "embed",
-            *(["loader"] if args.data_root else []), *(["rec"] if args.rec else [])]
+            *(["loader"] if args.data_root else []), *(["rec"] if args.rec else []),
+            *(["align"] if args.align_photos else [])]
     results = measured(what, args.rounds, args.argv)
     seconds, peak, live = ({w: statistics.median(r[i] for r in rs) if rs[0][i] is not None else None
                             for w, rs in results.items()} for i in range(3))

@@ -1,4 +1,4 @@
-"""Five-point face alignment to the 112x112 ArcFace template.
+"""Five-point face alignment to the 112x112 ArcFace template (or the 112x96 SphereFace one).
 
 The transform is the least-squares similarity (rotation, uniform scale, translation) taking the
 five detected landmarks onto the template, in closed form (Umeyama 1991), numpy only: every
@@ -14,6 +14,19 @@ import numpy as np
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]])
 ALIGNED_SIZE = (112, 112)
+# The same points in a 112x96 crop: ArcFace's 8 px to the left, so that aligning to it equals aligning to
+# ArcFace's template and cutting 8 columns off each side, as 112x96 models take 112x112 faces (fit_width)
+SPHEREFACE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                                [33.5493, 92.3655], [62.7299, 92.2041]])
+TEMPLATES = {(112, 112): ARCFACE_TEMPLATE, (112, 96): SPHEREFACE_TEMPLATE}
+
+
+def template_for(input_hw):
+    """The landmark template of a network taking `input_hw` (H, W) faces; ValueError for a size without one."""
+    if tuple(input_hw) not in TEMPLATES:
+        raise ValueError(f"no 5-point template for {input_hw[0]}x{input_hw[1]} faces; faces are aligned for "
+                         + " or ".join(f"{h}x{w}" for h, w in TEMPLATES) + " models")
+    return TEMPLATES[tuple(input_hw)]
 
 
 def similarity_transform(source, target):

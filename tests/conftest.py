@@ -7,8 +7,11 @@ import shutil
 import struct
 import zlib
 
+import cv2
+import numpy as np
 import pytest
 
+from data.scenes import paste, placement, smooth_background
 from util.files import REPO_ROOT
 
 SHARED_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
@@ -85,6 +88,18 @@ def small_pairs_folder(root, per_fold=1):
             os.makedirs(os.path.join(root, "images", name), exist_ok=True)
             shutil.copyfile(os.path.join(source, rel), os.path.join(root, rel))
     return root
+
+
+def photo_file(path, faces, seed, hw=(480, 640)):
+    """A JPEG photo of aligned face crops (H x W x 3 RGB) on a smooth random background, each turned, scaled
+    and moved at random, the first the largest and leftmost."""
+    rng = np.random.default_rng(seed)
+    photo = smooth_background(rng, hw)
+    for k, face in enumerate(faces):
+        centre = (hw[1] * (0.3 + 0.4 * k) + rng.uniform(-20, 20), hw[0] / 2 + rng.uniform(-20, 20))
+        photo = paste(photo, face, placement(face.shape[:2], rng.uniform(-15, 15), 1.6 - 0.6 * k, centre))
+    cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return str(path)
 
 
 def assert_same_angles(a, b):

@@ -1,4 +1,5 @@
 """Every command line: one flag name per concept, and a GPU asked for but absent is a clear error everywhere."""
+import json
 import os
 import subprocess
 import sys
@@ -160,7 +161,17 @@ def test_the_benchmark_checks_its_flags_before_any_work(capsys):
                           (["--net", "ResNet9000"], "unknown backbone 'ResNet9000'; choose from"),
                           (["--rounds", "0"], "--rounds must be positive, got 0"),
                           (["--steps", "0"], "--steps must be positive, got 0"),
-                          (["--warmup", "-1"], "--warmup must be >= 0, got -1")):
+                          (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+                          (["--align_photos", "-1"], "--align_photos must be >= 0, got -1")):
         with pytest.raises(SystemExit) as stop:
             benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
         assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args
+
+
+def test_the_benchmark_times_aligning_photos(capsys):
+    """The align data job: synthetic photos made, each face found and aligned, seconds per batch-sized share."""
+    import benchmark
+    benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", "--measure", "align", "--align_photos", "3",
+                    "--processes", "1", "--batch_size", "3"])
+    line = [row for row in capsys.readouterr().out.splitlines() if row.startswith(benchmark.RESULT)][-1]
+    assert json.loads(line[len(benchmark.RESULT):])["seconds"] > 0

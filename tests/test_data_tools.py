@@ -1,4 +1,5 @@
-"""Data tools: folder per identity -> imgs.txt, the list checker, .bin <-> pairs folder, the command line."""
+"""Data tools: folder per identity -> imgs.txt, the list checker, .bin <-> pairs folder, photos -> aligned faces,
+the command line."""
 import os
 import pickle
 import shutil
@@ -9,11 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, small_pairs_folder, write_image_list
+from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, photo_file, small_pairs_folder, write_image_list
+from data.align_photos import BAD_PHOTOS_NAME, align_identity_folders, align_pairs_folder
 from data.check import check_list, size_histogram, write_clean_list
 from data.convert import bin_to_pairs_folder, folder_to_list, pairs_folder_to_bin, pairs_header
 from data.image_list import ImageListDataset, read_image_list
 from data.images import decode_image
+from data.photos import read_photo
 from data.text import DataError
 from data.verification_sets import PairSet, load_pairs_folder, parse_pairs_txt
 
@@ -231,3 +234,135 @@ def test_bin_commands(tmp_path):
     assert result.returncode == 0 and len(load_pairs_folder(str(tmp_path / "back")).issame) == 20
     result = run_tool("bin-to-pairs", "--bin", tmp_path / "nothing.bin", "--out", tmp_path / "back")
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "nothing.bin" in result.stderr
+
+
+# ---- photos -> aligned faces ----
+
+def demo_crop(name, number=1):
+    return read_photo(os.path.join(DEMO_ROOT, "images", name, f"{name}_{number:04d}.jpg"))
+
+
+def correlation(a, b):
+    a, b = (np.asarray(x, float).ravel() - 127.5 for x in (a, b))
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+BAD_PHOTOS = {"blank.jpg": "no face found", "dot.png": "no face found", "huge.png": "not a decodable image",
+              "cut.jpg": "not a decodable image", "notes.jpg": "not a decodable image"}
+
+
+def raw_photos(raw):
+    """raw/<identity>/<photo>: Gul in two photos, Toledo in one and, larger, in a photo with Gul, and the
+    photos no face can be aligned from -> {(identity, aligned file name): (the crop it shows largest, another)}."""
+    gul, toledo = demo_crop("Abdullah_Gul"), demo_crop("Alejandro_Toledo")
+    for identity in ("Gul", "Toledo"):
+        os.makedirs(raw / identity)
+    photo_file(raw / "Gul" / "one.jpg", [gul], 1)
+    photo_file(raw / "Gul" / "two.png", [demo_crop("Abdullah_Gul", 2)], 2)
+    photo_file(raw / "Toledo" / "alone.jpg", [toledo], 3)
+    photo_file(raw / "Toledo" / "with_gul.jpg", [toledo, gul], 4)
+    bad = {"blank.jpg": jpeg(480, 640, 128),
+           "dot.png": cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes(),
+           "huge.png": oversized_png(), "cut.jpg": (raw / "Gul" / "one.jpg").read_bytes()[:4000],
+           "notes.jpg": b"not a photo\n"}
+    for name, data in bad.items():
+        (raw / "Toledo" / name).write_bytes(data)
+    (raw / "Toledo" / "notes.txt").write_text("not a photo, and not named as one")
+    return {("Gul", "one.jpg"): (gul, toledo), ("Gul", "two.jpg"): (demo_crop("Abdullah_Gul", 2), toledo),
+            ("Toledo", "alone.jpg"): (toledo, gul), ("Toledo", "with_gul.jpg"): (toledo, gul)}
+
+
+def test_align_turns_folders_of_photos_into_a_training_root(tmp_path):
+    shown = raw_photos(tmp_path / "raw")
+    out = tmp_path / "faces"
+    report, names, empty = align_identity_folders(str(tmp_path / "raw"), str(out), processes=1)
+    assert (report.photos, report.aligned, report.existing, report.several) == (9, 4, 0, 1)
+    assert names == ["Gul", "Toledo"] and empty == []
+    bad = {os.path.relpath(path, tmp_path / "raw"): reason for path, reason in report.skipped}
+    assert bad == {os.path.join("Toledo", name): reason for name, reason in BAD_PHOTOS.items()}
+    listed = (out / BAD_PHOTOS_NAME).read_text().splitlines()
+    assert sorted(listed) == sorted(f"{tmp_path / 'raw' / path}: {reason}" for path, reason in bad.items())
+    assert (out / "property").read_text() == "2,112,112\n"
+    image_list = read_image_list(str(out))
+    assert list(zip(image_list.paths, image_list.labels.tolist())) == [
+        ("Gul/one.jpg", 0), ("Gul/two.jpg", 0), ("Toledo/alone.jpg", 1), ("Toledo/with_gul.jpg", 1)]
+    for (identity, name), (crop, other) in shown.items():
+        face = decode_image((out / identity / name).read_bytes())
+        assert face.shape == (112, 112, 3)
+        # the largest face, aligned: its columns 8:104 are the demo crop's 0:96 (README of the shared data)
+        assert correlation(face[:, 8:104], crop[:, :96]) > correlation(face[:, 8:104], other[:, :96]) + 0.1
+
+    skipping = align_identity_folders(str(tmp_path / "raw"), str(tmp_path / "single"), processes=1,
+                                      skip_multiple=True)[0]
+    assert (skipping.aligned, skipping.several) == (3, 0)
+    assert (str(tmp_path / "raw" / "Toledo" / "with_gul.jpg"), "2 faces found, none chosen") in skipping.skipped
+
+
+def test_align_resumes_and_keeps_what_is_aligned(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "faces"
+    raw_photos(raw)
+    first = align_identity_folders(str(raw), str(out), processes=2)[0]
+    kept = (out / "Gul" / "one.jpg").read_bytes()
+    os.remove(out / "Toledo" / "alone.jpg")  # as if interrupted before it was written
+    (out / "Toledo" / "alone.jpg.tmp12345").write_bytes(b"half a file, from a killed run")
+    for name in BAD_PHOTOS:
+        os.remove(raw / "Toledo" / name)
+    again = align_identity_folders(str(raw), str(out), processes=2)[0]
+    assert (first.aligned, again.aligned, again.existing, again.skipped) == (4, 1, 3, [])
+    assert (out / "Gul" / "one.jpg").read_bytes() == kept
+    assert decode_image((out / "Toledo" / "alone.jpg").read_bytes()).shape == (112, 112, 3)
+    assert not (out / "Toledo" / "alone.jpg.tmp12345").exists()
+    assert not (out / BAD_PHOTOS_NAME).exists()  # from the first run: its photos are gone
+    assert len(read_image_list(str(out)).paths) == 4
+
+
+def test_align_keeps_the_layout_of_a_pairs_folder(tmp_path):
+    """Photos of the pairs' faces in the LFW layout -> the same layout aligned; a photo without a face becomes its
+    middle square, so that every pair can still be scored."""
+    raw = small_pairs_folder(str(tmp_path / "raw"))
+    images = sorted(os.path.relpath(os.path.join(folder, name), raw)
+                    for folder, _, names in os.walk(os.path.join(raw, "images")) for name in names)
+    for seed, relative in enumerate(images):
+        photo_file(os.path.join(raw, relative), [read_photo(os.path.join(raw, relative))], seed)
+    blank = os.path.join(raw, images[0])
+    with open(blank, "wb") as f:
+        f.write(jpeg(250, 250, 90))
+    report = align_pairs_folder(raw, str(tmp_path / "out"), processes=1)
+    assert (report.photos, report.aligned, report.skipped) == (len(images), len(images) - 1, [])
+    assert report.middle == [(blank, "no face found, middle square written")]
+    assert (tmp_path / "out" / "pairs.txt").read_bytes() == open(os.path.join(raw, "pairs.txt"), "rb").read()
+    pair_set = load_pairs_folder(str(tmp_path / "out"))
+    assert len(pair_set.issame) == 20 and all(pair_set.decode(i, (112, 112)).shape == (112, 112, 3)
+                                              for i in range(len(pair_set.encoded)))
+    assert np.abs(decode_image((tmp_path / "out" / images[0]).read_bytes()).astype(int) - 90).max() <= 2
+    assert BAD_PHOTOS_NAME in os.listdir(tmp_path / "out")
+
+
+def test_align_command(tmp_path):
+    raw_photos(tmp_path / "raw")
+    result = run_tool("align", "--in", tmp_path / "raw", "--out", tmp_path / "faces", "--input_size", "112x96",
+                      "--processes", "1")
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path / 'faces'}: 9 photos: 4 aligned, 0 already there, 5 skipped (1 with several faces: the " \
+           f"largest taken)" in result.stdout and "2 identities, 112x96" in result.stdout
+    assert f"skipped: {tmp_path / 'raw' / 'Toledo' / 'huge.png'}: not a decodable image" in result.stderr
+    assert f"5 photos listed in {tmp_path / 'faces' / BAD_PHOTOS_NAME}" in result.stderr
+    assert (tmp_path / "faces" / "property").read_text() == "2,112,96\n"
+    assert decode_image((tmp_path / "faces" / "Gul" / "one.jpg").read_bytes()).shape == (112, 96, 3)
+    pairs = small_pairs_folder(str(tmp_path / "pairs"))
+    for args, status, message in (
+            (["--in", tmp_path / "raw", "--out", tmp_path / "x", "--input_size", "128x128"], 2,
+             "--input_size: no 5-point template for 128x128 faces"),
+            (["--in", pairs, "--out", tmp_path / "x", "--skip_multiple"], 2,
+             f"--skip_multiple: {pairs} is a pairs folder"),
+            (["--in", tmp_path / "raw", "--out", tmp_path / "raw" / "faces"], 1,
+             f"error: {tmp_path / 'raw' / 'faces'}: the output folder and the photo folder"),
+            (["--in", tmp_path / "nowhere", "--out", tmp_path / "x"], 1,
+             f"error: {tmp_path / 'nowhere'}: no such folder")):
+        result = run_tool("align", *args)
+        assert result.returncode == status and message in result.stderr, result.stderr
+    first = parse_pairs_txt(os.path.join(pairs, "pairs.txt"))[0]
+    with open(os.path.join(pairs, "images", first[1], f"{first[1]}_{first[2]:04d}.jpg"), "wb") as f:
+        f.write(b"not a photo")
+    result = run_tool("align", "--in", pairs, "--out", tmp_path / "aligned_pairs", "--processes", "1")
+    assert result.returncode == 1 and "the pairs cannot be scored until every image" in result.stderr

@@ -281,7 +281,7 @@ def test_eval_opencv_checks_the_results_it_compares_with_before_scoring(exported
 
 def verify(*args):
     faces = [os.path.join(DEMO_ROOT, "images", f) for f in DEMO_FACES]
-    return run_tool(VERIFY, *faces, *args)
+    return run_tool(VERIFY, *faces, "--aligned", *args)
 
 
 def test_verify_faces_takes_its_threshold_from_the_evaluation(exported, tmp_path):
@@ -323,7 +323,7 @@ def test_a_threshold_far_or_tolerance_that_is_no_usable_number_is_refused(capsys
 def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_path):
     big = str(tmp_path / "photo.png")
     cv2.imwrite(big, np.zeros((250, 250, 3), np.uint8))
-    result = run_tool(VERIFY, big, big, "--model", exported[1])
+    result = run_tool(VERIFY, big, big, "--model", exported[1], "--aligned")
     assert result.returncode == 1
     assert f"error: {big}: a 250x250 image, the model takes aligned 112x112 faces" in result.stderr
     assert "alignCrop" in result.stderr
@@ -336,5 +336,5 @@ def test_verify_faces_names_an_image_opencv_refuses_to_decode(exported, tmp_path
         f.write(oversized_png())  # its header claims 40000x40000 pixels
     face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
     with pytest.raises(SystemExit) as stop:
-        verify_faces.main([face, huge, "--model", exported[1], "--threshold", "0.3"])
+        verify_faces.main([face, huge, "--model", exported[1], "--threshold", "0.3", "--aligned"])
     assert stop.value.code == f"error: {huge}: not a decodable image"

@@ -12,9 +12,13 @@
     python3 tools/data_tools.py bin-to-pairs --bin data/agedb_30.bin --out data/agedb_30
     # an identity-disjoint training set and test target from an aligned LFW (folds 1-2 held out)
     python3 tools/data_tools.py lfw-protocol --lfw data/lfw --out data/lfw_protocol --test_folds 1,2 --min_images 3
+    # photos -> aligned faces: RAW/<identity>/<photo> -> a training data root (resumable), or a pairs folder
+    python3 tools/data_tools.py align --in data/my_photos --out data/my_faces
+    python3 tools/data_tools.py align --in data/lfw_original --out data/lfw_aligned
 
 Each prints a summary; bad input stops with `error: <file>: <problem>` and exit status 1.
-rec-to-images and check-list also exit with status 1 when they found bad records or images.
+rec-to-images and check-list also exit with status 1 when they found bad records or images,
+align when an image a pairs folder needs could not be written.
 """
 import argparse
 import os
@@ -24,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from data.align_photos import (BAD_PHOTOS_NAME, align_identity_folders, align_pairs_folder,  # noqa: E402
+                                is_pairs_folder)
+from data.alignment import template_for  # noqa: E402
 from data.check import KINDS, check_list, size_histogram, write_clean_list  # noqa: E402
 from data.convert import (BAD_RECORDS_NAME, LABEL_MAP_NAME, bin_to_pairs_folder, folder_to_list,  # noqa: E402
                           pairs_folder_to_bin, rec_to_images)
@@ -114,6 +121,33 @@ def fold_numbers(text):
         raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'") from None
 
 
+def align_command(args):
+    height, width = args.input_size
+    pairs = is_pairs_folder(args.raw)
+    if pairs:
+        r = align_pairs_folder(args.raw, args.out, args.input_size, args.processes)
+        what = f"pairs folder: pairs.txt copied, faces {height}x{width} under {os.path.join(args.out, 'images')}"
+    else:
+        r, names, empty = align_identity_folders(args.raw, args.out, args.input_size, args.processes,
+                                                 args.skip_multiple)
+        what = (f"{len(names)} identities, {height}x{width}; {LIST_NAME}, property and {LABEL_MAP_NAME} written"
+                + (f"; left out {len(empty)} identity folders without an aligned face" if empty else ""))
+    print(f"{args.out}: {r.photos} photos: {r.aligned} aligned, {r.existing} already there, {len(r.skipped)} "
+          f"skipped{f', {len(r.middle)} without a face written as their middle square' if r.middle else ''}"
+          f"{f' ({r.several} with several faces: the largest taken)' if r.several else ''}; "
+          f"{r.photos / r.seconds:.1f} photos/s; {what}")
+    listed = [("skipped", *bad) for bad in r.skipped] + [("no face", *bad) for bad in r.middle]
+    for kind, source, reason in listed[:LISTED_BAD_RECORDS]:
+        print(f"{kind}: {source}: {reason}", file=sys.stderr)
+    if r.skipped or r.middle:
+        print(f"{len(r.skipped) + len(r.middle)} photos listed in {os.path.join(args.out, BAD_PHOTOS_NAME)}",
+              file=sys.stderr)
+    if pairs and r.skipped:
+        print("the pairs cannot be scored until every image pairs.txt names is there", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,12 +200,39 @@ def parse_args(argv):
     s.add_argument("--min_images", type=positive_int, default=3,
                    help="images a person needs to be a training class (default: 3)")
     s.set_defaults(run=lfw_protocol_command)
+    s = sub.add_parser("align", help="photos -> aligned faces: a training data root, or a pairs folder",
+                       description="Find the faces in each photo (MTCNN), align the largest to the 5-point template "
+                                   "of the input size and write it as a JPEG. RAW/<identity>/<photo> becomes "
+                                   "OUT/<identity>/<photo name>.jpg with imgs.txt, property and label_map.txt; a "
+                                   "pairs folder (RAW/pairs.txt + RAW/images/<Name>/<Name>_NNNN.jpg) becomes the "
+                                   "same layout under OUT, where a photo without a face is written as its middle "
+                                   "square so that every pair stays scorable. Photos that cannot be decoded or "
+                                   "show no face are skipped and listed in OUT/bad_photos.txt. Re-running keeps "
+                                   "the faces already aligned and does the rest.")
+    s.add_argument("--in", dest="raw", required=True, metavar="RAW", help="folder of photos (either layout)")
+    s.add_argument("--out", required=True, help="output folder (outside RAW)")
+    s.add_argument("--input_size", default="112x112",
+                   help="the network input the faces are for: 112x112 (ArcFace template) or 112x96 (SphereFace); "
+                        "112x112 faces also serve 112x96 models, which cut them (default: %(default)s)")
+    s.add_argument("--skip_multiple", action="store_true",
+                   help="skip photos showing several faces instead of taking the largest (identity folders only)")
+    s.add_argument("--processes", type=positive_int, default=os.cpu_count(),
+                   help="aligning processes (default: one per CPU core)")
+    s.set_defaults(run=align_command)
     args = p.parse_args(argv)
-    if args.command == "check-list":
+    if args.command in ("check-list", "align"):
         try:
             args.input_size = parse_size(args.input_size)
         except ValueError as e:
-            sub.choices["check-list"].error(str(e))
+            sub.choices[args.command].error(str(e))
+    if args.command == "align":
+        try:
+            template_for(args.input_size)
+        except ValueError as e:
+            sub.choices[args.command].error(f"--input_size: {e}")
+        if args.skip_multiple and is_pairs_folder(args.raw):
+            sub.choices["align"].error(f"--skip_multiple: {args.raw} is a pairs folder, where every image must be "
+                                       f"aligned (the largest face is taken)")
     return args
 
 

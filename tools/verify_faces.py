@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Are two aligned faces the same person? Their cosine similarity and a same/different answer.
+"""Are the faces of two photos the same person? Their cosine similarity and a same/different answer.
 
     python3 tools/verify_faces.py a.jpg b.jpg --model models/run.onnx     # threshold from eval_results/results.json
     python3 tools/verify_faces.py a.jpg b.jpg --model results/run/best.npz --threshold 0.3
+    python3 tools/verify_faces.py group.jpg b.jpg --model models/run.onnx --face 2 1 --save_crops compared/
 
-Faces must be aligned as for training: 112x112 (cut to 112x96 for such models) with the 5-point
-template, e.g. by OpenCV's FaceDetectorYN and FaceRecognizerSF.alignCrop. Each face is embedded with
+In each photo the faces are found (MTCNN, data/face_detection.py), the largest (or the one --face
+names, by size) is aligned to the 5-point template of the model's input size (112x112 ArcFace, 112x96
+SphereFace) and embedded. With --aligned the images are faces aligned already, as for training:
+112x112 (cut to 112x96 for such models), e.g. by OpenCV's FaceRecognizerSF.alignCrop. Each face is embedded with
 its mirror image and the two summed, as the evaluation does, so the evaluation's thresholds apply:
 without --threshold, the one of an eval_SFace_jittor.py results.json for the target (at FAR 1e-3 by
 default; a squared distance d is the cosine 1 - d/2). An .onnx runs in onnxruntime, a .npz in Jittor.
@@ -17,11 +20,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
 
+import cv2  # noqa: E402
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from data.alignment import template_for  # noqa: E402
+from data.face_detection import DetectorError, FaceDetector  # noqa: E402
 from data.images import decode_image, fit_input_size  # noqa: E402
+from data.photos import photo_face  # noqa: E402
+from data.text import DataError  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
 from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
@@ -29,10 +37,10 @@ from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.loading import load_model  # noqa: E402
 from util.errors import InputError  # noqa: E402
-from util.options import finite_float  # noqa: E402
+from util.options import finite_float, positive_int  # noqa: E402
 
-ALIGN_HINT = ("align the face first to the 5-point 112x112 template: cv2.FaceDetectorYN finds the landmarks and "
-              "cv2.FaceRecognizerSF.alignCrop(image, face) warps it (README, Deployment)")
+ALIGN_HINT = ("give the photo without --aligned to have its face found and aligned, or align it first to the 5-point "
+              "112x112 template, e.g. by cv2.FaceRecognizerSF.alignCrop(image, face) (README, Deployment)")
 DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jittor.py's default --outdir
 
 
@@ -85,6 +93,36 @@ def read_face(path, input_hw):
     return face
 
 
+def photo_reader(face_ranks):
+    """read(path, input_hw) -> the next photo's face of the next rank in `face_ranks` (1: the largest), aligned
+    for the model."""
+    detector, ranks = FaceDetector(), iter(face_ranks)
+
+    def read(path, input_hw):
+        try:
+            template_for(input_hw)
+        except ValueError as e:
+            raise UsageError(f"the model takes {input_hw[0]}x{input_hw[1]} faces: {e}; give aligned faces with "
+                             f"--aligned") from None
+        try:
+            return photo_face(detector, path, input_hw, next(ranks))
+        except DataError as e:
+            raise UsageError(str(e)) from None
+    return read
+
+
+def save_crops(folder, image_paths, faces):
+    """Each compared face as folder/<1|2>_<photo name>.png (lossless: exactly what the model saw)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for number, (path, face) in enumerate(zip(image_paths, faces), 1):
+            name = os.path.join(folder, f"{number}_{os.path.splitext(os.path.basename(path))[0]}.png")
+            if not cv2.imwrite(name, cv2.cvtColor(face, cv2.COLOR_RGB2BGR)):
+                raise UsageError(f"{name}: cannot write the face crop")
+    except OSError as e:
+        raise UsageError(f"{folder}: cannot write the face crops ({e.strerror})") from None
+
+
 def evaluation_threshold(results_path, target, far):
     """-> (cosine threshold, where it comes from, the checkpoint evaluated) out of a results.json."""
     checkpoint, rows = read_results(results_path)
@@ -106,10 +144,15 @@ def evaluation_threshold(results_path, target, far):
     return 1 - distance / 2, f"{how} on {row['target']} in {results_path}", checkpoint
 
 
-def cosine_similarity(model_path, image_paths):
-    """-> (cosine of the two faces' flip-summed embeddings, the checkpoint the model comes from or None)."""
+def cosine_similarity(model_path, image_paths, read=read_face, crops_folder=None):
+    """-> (cosine of the two faces' flip-summed embeddings, the checkpoint the model comes from or None).
+
+    read(path, input_hw): the face of one image, as the model takes it; crops_folder: where to save them.
+    """
     input_hw, embed, source = (onnx_embedder if model_path.endswith(".onnx") else jittor_embedder)(model_path)
-    faces = np.stack([read_face(path, input_hw) for path in image_paths])
+    faces = np.stack([read(path, input_hw) for path in image_paths])
+    if crops_folder:
+        save_crops(crops_folder, image_paths, faces)
     x = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)
     unit = flip_fused(embed(x), embed(np.ascontiguousarray(x[..., ::-1])))
     return float(unit[0] @ unit[1]), source
@@ -117,7 +160,7 @@ def cosine_similarity(model_path, image_paths):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs=2, metavar="IMAGE", help="two aligned face images")
+    p.add_argument("images", nargs=2, metavar="IMAGE", help="two photos (with --aligned: two aligned faces)")
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) or a .npz checkpoint")
     p.add_argument("--threshold", type=finite_float,
                    help="cosine similarity from which two faces count as the same person")
@@ -127,15 +170,25 @@ def main(argv=None):
     p.add_argument("--far", type=false_accept_rate, default=1e-3,
                    help="take the evaluation's threshold at this false-accept rate (default: %(default)g)")
     p.add_argument("--best_accuracy", action="store_true", help="take its best-accuracy threshold instead")
+    p.add_argument("--face", type=positive_int, nargs="+", default=[1], metavar="N",
+                   help="which face of each photo to compare, by size (1: the largest, the default): one number for "
+                        "both photos, or one each")
+    p.add_argument("--aligned", action="store_true", help="the images are aligned faces already: no face detection")
+    p.add_argument("--save_crops", metavar="DIR", help="write the two faces compared, as the model saw them, to DIR")
     args = p.parse_args(argv)
+    if len(args.face) > 2:
+        p.error(f"--face takes one face number for both photos or one for each, got {len(args.face)}")
+    if args.aligned and max(args.face) > 1:
+        p.error("--face: aligned faces (--aligned) hold one face each")
     results = args.results or DEFAULT_RESULTS
     try:
-        similarity, source = cosine_similarity(args.model, args.images)
+        read = read_face if args.aligned else photo_reader(args.face * (3 - len(args.face)))
+        similarity, source = cosine_similarity(args.model, args.images, read, args.save_crops)
         threshold, evaluated = args.threshold, None
         if threshold is None and (args.results or os.path.isfile(results)):
             threshold, how, evaluated = evaluation_threshold(results, args.target,
                                                                 None if args.best_accuracy else args.far)
-    except (CheckpointError, ExportError, ResultsError, UsageError) as e:  # the message names the file at fault
+    except (CheckpointError, DetectorError, ExportError, ResultsError, UsageError) as e:  # names the file at fault
         sys.exit(f"error: {e}")
     print(f"cosine similarity {similarity:.4f}")
     if threshold is None:
