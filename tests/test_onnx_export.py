@@ -170,6 +170,7 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
 
 def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, monkeypatch):
     from tools import export_onnx
+    from util import files
     weights_only = str(tmp_path / "weights.npz")  # what an export would stop at: the output is checked first
     save_checkpoint(weights_only, {}, {"w": np.zeros(2, np.float32)}, {})
     (tmp_path / "file").write_text("")
@@ -183,13 +184,15 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, mo
     config = {"net": "MobileFaceNet", "input_hw": [112, 112], "input_size": "112x112", "embedding_size": 128}
     save_checkpoint(checkpoint, {"config": config}, module_arrays(build_backbone("MobileFaceNet", (112, 112), 128)), {})
 
-    def full_disk(proto, path):
+    def full_disk(path, mode):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(export_onnx.onnx, "save", full_disk)
+    monkeypatch.setattr(files, "open", full_disk, raising=False)  # the one file writer's
     out = str(tmp_path / "new" / "mfn.onnx")
     with pytest.raises(SystemExit) as stop:
         export_onnx.main(["--checkpoint", checkpoint, "--out", out])
-    assert stop.value.code == f"error: {out}: cannot write the model (No space left on device)"
+    assert stop.value.code == f"error: {out}: cannot write the model (No space left on device); no earlier model " \
+                              "was there"
+    assert os.listdir(tmp_path / "new") == []
 
 
 def identity_model(path, input_shape):
@@ -217,6 +220,38 @@ def test_an_onnx_file_without_an_image_input_is_refused_by_name(tmp_path):
         path = identity_model(str(tmp_path / "odd.onnx"), shape)
         with pytest.raises(ExportError, match=f"odd.onnx: {problem}"):
             onnx_input_size(path)
+
+
+def test_a_model_no_runtime_can_build_is_named_not_a_traceback(tmp_path):
+    """A well-formed graph with an image input whose operator no runtime knows: each tool names the file."""
+    from tools import eval_opencv, verify_faces
+    path = str(tmp_path / "unknown_op.onnx")
+    io = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+          for name, shape in (("x", [1, 3, 112, 112]), ("y", [1, 128]))]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("NoSuchOperator", ["x"], ["y"])], "odd", io[:1], io[1:])
+    onnx.save(onnx.helper.make_model(graph), path)
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    with pytest.raises(SystemExit) as stop:
+        verify_faces.main([face, face, "--aligned", "--threshold", "0.3", "--model", path])
+    assert str(stop.value.code).startswith(f"error: {path}: onnxruntime cannot load this model")
+    with pytest.raises(SystemExit) as stop:
+        eval_opencv.main(["--target", os.path.join(DEMO_ROOT, "lfw_demo"), "--model", path])
+    assert str(stop.value.code).startswith(f"error: {path}: OpenCV cannot load this model")
+
+
+def test_a_results_file_without_the_threshold_asked_for_is_named(exported, tmp_path):
+    from tools import verify_faces
+    face = os.path.join(DEMO_ROOT, "images", DEMO_FACES[0])
+    results = tmp_path / "results.json"
+    for row, message in (({"target": "lfw", "threshold": "1.2"}, "the results of target 'lfw' hold no number "
+                                                                "'threshold' (found '1.2')"),
+                         ({"target": "lfw", "threshold_at_far": {"0.001": "x"}}, "hold no number '0.001'"),
+                         ({"target": "lfw", "threshold_at_far": [1]}, "no threshold at FAR 0.001")):
+        results.write_text(json.dumps({"checkpoint": "c.npz", "results": [row]}))
+        far = ["--best_accuracy"] if "threshold" in row else []
+        with pytest.raises(SystemExit) as stop:
+            verify_faces.main([face, face, "--aligned", "--model", exported[1], "--results", str(results), *far])
+        assert str(stop.value.code).startswith(f"error: {results}: ") and message in stop.value.code, stop.value.code
 
 
 def test_the_imported_insightface_model_through_opencv_on_real_lfw_faces(tmp_path):

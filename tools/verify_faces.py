@@ -24,23 +24,24 @@ import cv2  # noqa: E402
 import jittor as jt  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # noqa: E402
 
 from data.alignment import template_for  # noqa: E402
-from data.face_detection import DetectorError, FaceDetector  # noqa: E402
+from data.face_detection import FaceDetector  # noqa: E402
 from data.images import decode_image, fit_input_size  # noqa: E402
 from data.photos import photo_face  # noqa: E402
 from data.text import DataError  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
-from evaluation.results_file import ResultsError, read_results, target_row  # noqa: E402
+from evaluation.results_file import read_results, row_number, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
-from model.checkpoint import CheckpointError  # noqa: E402
 from model.loading import load_model  # noqa: E402
 from util.errors import InputError  # noqa: E402
+from util.files import make_outdir, write_atomically  # noqa: E402
 from util.options import finite_float, positive_int  # noqa: E402
 
 ALIGN_HINT = ("give the photo without --aligned to have its face found and aligned, or align it first to the 5-point "
-              "112x112 template, e.g. by cv2.FaceRecognizerSF.alignCrop(image, face) (README, Deployment)")
+              "112x112 template, e.g. by cv2.FaceRecognizerSF.alignCrop(image, face) (docs/deployment.md)")
 DEFAULT_RESULTS = os.path.join("eval_results", "results.json")  # eval_SFace_jittor.py's default --outdir
 
 
@@ -56,14 +57,25 @@ def false_accept_rate(text):
     return value
 
 
+# What onnxruntime raises for a model it cannot load or run (its own exception classes).
+ONNXRUNTIME_ERRORS = tuple(v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
 def onnx_embedder(path):
     """-> (input H x W, N x 3 x H x W float32 -> N x D, the checkpoint it was exported from or None)."""
     input_hw = onnx_input_size(path)
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except ONNXRUNTIME_ERRORS as e:
+        raise ExportError(f"{path}: onnxruntime cannot load this model ({e})") from None
     name = session.get_inputs()[0].name
 
     def embed(x):  # one at a time: the export's batch may be fixed at 1
-        return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        try:
+            return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        except ONNXRUNTIME_ERRORS as e:
+            raise ExportError(f"{path}: onnxruntime cannot run this model on a {x.shape[2]}x{x.shape[3]} face "
+                              f"({e})") from None
     return input_hw, embed, session.get_modelmeta().custom_metadata_map.get("source_checkpoint")
 
 
@@ -113,14 +125,10 @@ def photo_reader(face_ranks):
 
 def save_crops(folder, image_paths, faces):
     """Each compared face as folder/<1|2>_<photo name>.png (lossless: exactly what the model saw)."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        for number, (path, face) in enumerate(zip(image_paths, faces), 1):
-            name = os.path.join(folder, f"{number}_{os.path.splitext(os.path.basename(path))[0]}.png")
-            if not cv2.imwrite(name, cv2.cvtColor(face, cv2.COLOR_RGB2BGR)):
-                raise UsageError(f"{name}: cannot write the face crop")
-    except OSError as e:
-        raise UsageError(f"{folder}: cannot write the face crops ({e.strerror})") from None
+    make_outdir(folder, "--save_crops")
+    for number, (path, face) in enumerate(zip(image_paths, faces), 1):
+        name = os.path.join(folder, f"{number}_{os.path.splitext(os.path.basename(path))[0]}.png")
+        write_atomically(name, cv2.imencode(".png", cv2.cvtColor(face, cv2.COLOR_RGB2BGR))[1].tobytes(), "face crop")
 
 
 def evaluation_threshold(results_path, target, far):
@@ -131,16 +139,17 @@ def evaluation_threshold(results_path, target, far):
         raise UsageError(f"{results_path}: choose a target with --target: {', '.join(rows)}")
     row = target_row(results_path, rows, target or next(iter(rows)))
     if far is None:
-        distance, how = row["threshold"], "the best-accuracy threshold (10-fold mean)"
+        distance, how = row_number(results_path, row, "threshold"), "the best-accuracy threshold (10-fold mean)"
     else:
-        at_far = row.get("threshold_at_far", {})
-        if f"{far:g}" not in at_far:
+        at_far = row.get("threshold_at_far")
+        if not isinstance(at_far, dict) or f"{far:g}" not in at_far:
             raise UsageError(f"{results_path}: no threshold at FAR {far:g} (evaluations record "
                              f"{', '.join(f'{f:g}' for f in FAR_TARGETS)}); evaluate again, or use --best_accuracy")
-        distance, how = at_far[f"{far:g}"], f"the threshold at FAR {far:g}"
-        if distance is None:
+        if at_far[f"{far:g}"] is None:
             raise UsageError(f"{results_path}: on {row['target']} no threshold keeps FAR at {far:g}; "
                              f"use --best_accuracy or --threshold")
+        distance = row_number(results_path, at_far | {"target": row["target"]}, f"{far:g}")
+        how = f"the threshold at FAR {far:g}"
     return 1 - distance / 2, f"{how} on {row['target']} in {results_path}", checkpoint
 
 
@@ -188,7 +197,7 @@ def main(argv=None):
         if threshold is None and (args.results or os.path.isfile(results)):
             threshold, how, evaluated = evaluation_threshold(results, args.target,
                                                                 None if args.best_accuracy else args.far)
-    except (CheckpointError, DetectorError, ExportError, ResultsError, UsageError) as e:  # names the file at fault
+    except InputError as e:  # the message names the file at fault
         sys.exit(f"error: {e}")
     print(f"cosine similarity {similarity:.4f}")
     if threshold is None:
