@@ -133,22 +133,39 @@ def run_summary(folder, report):
     return summary
 
 
+def finish_run(args, head, kind, fraction, seed, folder):
+    """Train (or resume) one run, report its angles and write its summary."""
+    run(train_command(args, head, kind, fraction, seed, folder))
+    report = None
+    if not args.no_report:
+        run([sys.executable, os.path.join(REPO_ROOT, "tools", "angle_report.py"), "--checkpoint",
+             os.path.join(folder, "last.npz"), "--workers_id", args.workers_id])
+        with open(os.path.join(folder, "angle_report.json")) as f:
+            report = json.load(f)
+    write_json(os.path.join(folder, RUN_SUMMARY), run_summary(folder, report), "run summary")
+
+
 def experiment(args):
-    summaries = {}
+    """Every run of the grid; a run that fails (a diverged loss, say) is named at the end and the others go on.
+    -> (summaries of the finished runs, messages of the failed ones)."""
+    summaries, failed = {}, []
     for head, kind, fraction, seed in grid(args):
         folder = run_dir(args.outdir, head, kind, fraction, seed)
         done = os.path.join(folder, RUN_SUMMARY)
         if not os.path.isfile(done):
-            run(train_command(args, head, kind, fraction, seed, folder))
-            report = None
-            if not args.no_report:
-                run([sys.executable, os.path.join(REPO_ROOT, "tools", "angle_report.py"), "--checkpoint",
-                     os.path.join(folder, "last.npz"), "--workers_id", args.workers_id])
-                with open(os.path.join(folder, "angle_report.json")) as f:
-                    report = json.load(f)
-            write_json(done, run_summary(folder, report), "run summary")
+            try:
+                finish_run(args, head, kind, fraction, seed, folder)
+            except RunFailed as e:
+                failed.append(str(e))
+                continue
         with open(done) as f:
             summaries[(head, kind, fraction, seed)] = json.load(f)
+    if summaries:
+        write_results(args, summaries)
+    return summaries, failed
+
+
+def write_results(args, summaries):
     tables = results_tables(args, summaries)
     write_atomically(os.path.join(args.outdir, "results.md"), tables, "results table")
     write_json(os.path.join(args.outdir, "results.json"),
@@ -156,7 +173,6 @@ def experiment(args):
                "results")
     save_figure(os.path.join(args.outdir, "noise_experiment.png"), args, summaries)
     print(tables)
-    return summaries
 
 
 def cells_of(summaries):
@@ -260,11 +276,12 @@ def parse_args(argv=None):
     p.add_argument("--noise", type=noise_settings, default="closed:0,closed:0.2,closed:0.4,open:0.2",
                    help="comma-separated KIND:FRACTION, KIND closed (--label_noise) or open (--label_noise_open)")
     p.add_argument("--seeds", type=seed_list, default="1,2", help="comma-separated seeds, one run per cell each")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--stages", default="12,17", help="epochs at which the learning rate is divided by 10")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--stages", default="6,9", help="epochs at which the learning rate is divided by 10")
     p.add_argument("--lr", type=finite_float, default=0.1)
     p.add_argument("--batch_size", type=positive_int, default=64)
-    p.add_argument("--eval_freq", type=non_negative_int, default=94, help="score the held-out folds every N steps")
+    p.add_argument("--eval_freq", type=non_negative_int, default=188,
+                   help="score the held-out folds every N steps (188: every 2 epochs of 6,022 images at batch 64)")
     p.add_argument("--log_freq", type=positive_int, default=47)
     p.add_argument("--workers_id", default="auto", help="as in training")
     p.add_argument("--no_report", action="store_true", help="train and evaluate only (no angle reports)")
@@ -278,9 +295,13 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         make_outdir(args.outdir)
-        return experiment(args)
-    except (RunFailed, InputError) as e:
+        summaries, failed = experiment(args)
+    except InputError as e:
         sys.exit(f"error: {e}")
+    if failed:
+        sys.exit(f"error: {len(failed)} run(s) failed (their messages are above; a re-run retries them):\n"
+                 + "\n".join(failed))
+    return summaries
 
 
 if __name__ == "__main__":

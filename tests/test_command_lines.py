@@ -127,9 +127,12 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
     with pytest.raises(SystemExit) as stop:
         noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--data_root", str(tmp_path / "data"),
                                "--heads", "ArcFace", "--noise", "closed:0.2", "--no_report"])
-    assert str(stop.value.code).startswith("error: this run ended with exit status 3 (its messages are above): ")
-    assert "train_SFace_jittor.py --data_root" in stop.value.code and "--label_noise 0.2" in stop.value.code
-    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-closed0.2-seed1'}" in stop.value.code
+    message = str(stop.value.code)  # every run was tried, each failure named
+    assert message.startswith("error: 2 run(s) failed (their messages are above; a re-run retries them):\n"
+                              "this run ended with exit status 3 (its messages are above): ")
+    assert "train_SFace_jittor.py --data_root" in message and "--label_noise 0.2" in message
+    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-closed0.2-seed1'}" in message
+    assert f"--outdir {tmp_path / 'runs' / 'ArcFace-closed0.2-seed2'}" in message
 
 
 def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_and_tabulates(tmp_path, monkeypatch):
