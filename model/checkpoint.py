@@ -14,6 +14,7 @@ keys of `np.load(path)` yourself.
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -55,8 +56,8 @@ def load_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # EOFError: an empty file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e or type(e).__name__})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
     meta = read_meta(path, arrays.pop("meta"))

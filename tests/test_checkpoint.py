@@ -3,7 +3,9 @@ import errno
 import gc
 import io
 import os
+import struct
 import sys
+import zipfile
 
 import jittor as jt
 import numpy as np
@@ -121,6 +123,23 @@ def test_unreadable_files_are_named(tmp_path):
         load_checkpoint(str(foreign))
     with pytest.raises(CheckpointError, match="missing.npz: not a readable checkpoint"):
         load_checkpoint(str(tmp_path / "missing.npz"))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.npz: not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "empty.npz"))
+
+
+def test_a_corrupt_compressed_entry_is_named(tmp_path):
+    path = tmp_path / "packed.npz"
+    np.savez_compressed(path, meta=np.array("{}"), **{"backbone/w": np.zeros(1000, np.float32)})
+    with zipfile.ZipFile(path) as archive:
+        entry = archive.getinfo("backbone/w.npy")
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_length + extra_length
+    data[start] = 0xFF  # a deflate block of the reserved type: the stream cannot be inflated
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="packed.npz: not a readable checkpoint"):
+        load_checkpoint(str(path))
 
 
 @pytest.mark.parametrize("entries, message", [
