@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, run_checkpoint,
-                              save_checkpoint)
+from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, model_config, module_arrays,
+                              run_checkpoint, save_checkpoint)
 from model.weight_files import read_weights
 from train.run_state import open_run_folder
 from util import files
@@ -157,6 +157,25 @@ def test_entries_a_checkpoint_cannot_hold_are_named(tmp_path, entries, message):
     np.savez(path, **dict(arrays, **entries))
     with pytest.raises(CheckpointError, match=f"{path}: {message}"):
         load_checkpoint(path)
+
+
+GOOD_CONFIG = {"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size": 128, "input_norm": [127.5, 0.0078125]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"net": 5}, "net 5 is not a backbone name"),
+    ({"net": "ResNet_9000"}, "unknown backbone 'ResNet_9000'"),
+    ({"input_hw": "112x112"}, "input_hw '112x112' is not \\[height, width\\]"),
+    ({"input_hw": [112, 100]}, "MobileFaceNet takes an input size whose sides are each a positive multiple of 16"),
+    ({"embedding_size": "x"}, "embedding_size 'x' is not a positive integer"),
+    ({"embedding_size": 0}, "embedding_size 0 is not a positive integer"),
+    ({"input_norm": "x"}, "input_norm 'x' is not \\[mean, non-zero scale\\]"),
+    ({"input_norm": [127.5, 0]}, "input_norm \\[127.5, 0\\] is not \\[mean, non-zero scale\\]"),
+])
+def test_a_stored_config_that_describes_no_backbone_is_named(change, message):
+    assert model_config("x.npz", GOOD_CONFIG) == GOOD_CONFIG
+    with pytest.raises(CheckpointError, match=f"^x.npz: its config describes no backbone this project builds: {message}"):
+        model_config("x.npz", dict(GOOD_CONFIG, **change))
 
 
 def test_weights_must_fit_exactly():

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder
 from data.text import DataError
-from model.checkpoint import load_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loading import load_model
 from train.config import SCF, SFACE, RunFinished, configure
 from util.files import OutputError
@@ -97,6 +97,19 @@ def test_values_no_run_can_use_are_refused_on_the_command_line(spec, argv, messa
     with pytest.raises(SystemExit) as stopped:
         configure(spec, ["--data_root", "/no/such/folder", *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, message", [
+    (None, "holds no model config"),
+    ({"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size": 512, "input_norm": "x"},
+     "its config describes no backbone this project builds: input_norm 'x'"),
+])
+def test_starting_weights_of_a_checkpoint_that_states_no_input_normalisation_are_refused(tmp_path, config, message):
+    """Built with a guessed normalisation, the backbone would see other pixel values than it was trained on."""
+    path = str(tmp_path / "weights.npz")
+    save_checkpoint(path, {"config": config} if config else {}, {"w": np.zeros(2, np.float32)}, {})
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        configure(SFACE, ["--data_mode", "demo", "--workers_id", "cpu", "--resume_backbone", path])
 
 
 def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):

@@ -8,7 +8,7 @@ from backbone import build_backbone_from_config
 from backbone.layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
 from head import build_head
 from head.scf import ConfidenceHead
-from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM
+from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, model_config
 from model.weight_files import read_weights
 
 from .amp import LossScale
@@ -50,6 +50,8 @@ def start_weights(cfg):
     for part in ("backbone", "head"):
         if cfg[f"resume_{part}"]:
             weights[part], source = read_weights(cfg[f"resume_{part}"], part)
-            if part == "backbone":
-                input_norm = source["input_norm"] if source else OFFICIAL_JITTOR_INPUT_NORM
+            if part == "backbone" and source is None:
+                input_norm = OFFICIAL_JITTOR_INPUT_NORM
+            elif part == "backbone":  # a checkpoint of ours: the normalisation its config states
+                input_norm = model_config(cfg["resume_backbone"], source).get("input_norm", input_norm)
     return weights, input_norm
