@@ -99,6 +99,10 @@ def load_weights(module, arrays, source):
         if tuple(value.shape) != tuple(var.shape):
             raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants "
                                   f"{tuple(var.shape)}")
+        if value.dtype.kind not in "biuf":
+            raise CheckpointError(f"{source}: '{name}' holds {value.dtype} values, not numbers")
+        if not np.isfinite(value).all():  # no trained model holds them: every output would be NaN
+            raise CheckpointError(f"{source}: '{name}' holds values that are not finite (NaN or infinity)")
         var.assign(value.astype(np.float32))
 
 

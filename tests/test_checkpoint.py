@@ -188,6 +188,12 @@ def test_weights_must_fit_exactly():
         load_weights(other, {k: v for k, v in arrays.items() if k != "fc1.bias"}, "src")
     with pytest.raises(CheckpointError, match="src: 'pre_fc1.weight' has shape \\(128, 512\\), the model wants \\(64, 512\\)"):
         load_weights(build_backbone("MobileFaceNet", embedding_size=64), arrays, "src")
+    broken = dict(arrays, **{"fc1.bias": np.full(128, np.nan, np.float32)})
+    with pytest.raises(CheckpointError, match="src: 'fc1.bias' holds values that are not finite"):
+        load_weights(other, broken, "src")
+    broken = dict(arrays, **{"fc1.bias": np.full(128, "abc")})
+    with pytest.raises(CheckpointError, match="src: 'fc1.bias' holds <U3 values, not numbers"):
+        load_weights(other, broken, "src")
 
 
 def test_weights_from_an_official_jittor_pickle(tmp_path):
