@@ -34,7 +34,17 @@ def load_model(path, pkl_config=None):
     backbone.eval()
     confidence_head = None
     if is_scf(config):
-        confidence_head = ConfidenceHead(feature_channels(head_arrays), config["embedding_size"])
-        load_weights(confidence_head, head_arrays, path)
-        confidence_head.eval()
+        confidence_head = stored_confidence_head(path, head_arrays, config["embedding_size"])
     return LoadedModel(backbone, confidence_head, config, head_arrays)
+
+
+def stored_confidence_head(path, head_arrays, embedding_size):
+    """The SCF confidence head an SCF checkpoint stores, in eval mode; its width read from its first conv."""
+    first_conv = head_arrays.get("convs.0.weight")
+    if first_conv is None or first_conv.ndim != 4:
+        raise CheckpointError(f"{path}: its config says SCF, but it holds no confidence head (no 4-d "
+                              "'head/convs.0.weight')")
+    confidence_head = ConfidenceHead(feature_channels(head_arrays), embedding_size)
+    load_weights(confidence_head, head_arrays, path)
+    confidence_head.eval()
+    return confidence_head

@@ -14,6 +14,7 @@ import pytest
 from backbone import build_backbone
 from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, model_config, module_arrays,
                               run_checkpoint, save_checkpoint)
+from model.loading import load_model
 from model.weight_files import read_weights
 from train.run_state import open_run_folder
 from util import files
@@ -176,6 +177,14 @@ def test_a_stored_config_that_describes_no_backbone_is_named(change, message):
     assert model_config("x.npz", GOOD_CONFIG) == GOOD_CONFIG
     with pytest.raises(CheckpointError, match=f"^x.npz: its config describes no backbone this project builds: {message}"):
         model_config("x.npz", dict(GOOD_CONFIG, **change))
+
+
+def test_an_scf_config_without_a_confidence_head_is_named(tmp_path):
+    path = str(tmp_path / "scf.npz")
+    backbone = module_arrays(build_backbone("MobileFaceNet", embedding_size=128))
+    save_checkpoint(path, {"config": dict(GOOD_CONFIG, scf=True)}, backbone, {"weight": np.zeros((4, 128), np.float32)})
+    with pytest.raises(CheckpointError, match=f"^{path}: its config says SCF, but it holds no confidence head"):
+        load_model(path)
 
 
 def test_weights_must_fit_exactly():
