@@ -112,6 +112,24 @@ def test_starting_weights_of_a_checkpoint_that_states_no_input_normalisation_are
         configure(SFACE, ["--data_mode", "demo", "--workers_id", "cpu", "--resume_backbone", path])
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"progress": "x"}, "its training position \\(meta 'progress'\\) is not counts of epochs, batches and steps"),
+    ({"progress": {"epoch": 0, "batch": -1, "step": 0}}, "its training position"),
+    ({"optimizer_steps": 1.5}, "its optimizer step count \\(meta 'optimizer_steps'\\) is not a count"),
+    ({"best": "x"}, "its meta 'best' is not a JSON object"),
+    ({"config": {"net": "ResNet_9000"}}, "its config describes no backbone this project builds: unknown backbone"),
+    ({"config": {"head": "Foo"}}, "its config names no head this project trains: unknown head 'Foo'"),
+])
+def test_a_damaged_training_state_is_named_with_its_checkpoint(tmp_path, change, message):
+    config = dict(parse_config(["--data_mode", "demo", "--workers_id", "cpu"]))
+    meta = {"config": config, "progress": {"epoch": 0, "batch": 1, "step": 1}, "optimizer_steps": 1}
+    meta.update({k: dict(config, **v) if k == "config" else v for k, v in change.items()})
+    path = str(tmp_path / "last.npz")
+    save_checkpoint(path, meta, {"w": np.zeros(2, np.float32)}, {})
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        configure(SFACE, ["--resume", path, "--workers_id", "cpu"])
+
+
 def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):
     import train_SFace_jittor
     data_root, _ = tiny_face_set(classes=4, per_class=4)
