@@ -31,7 +31,7 @@ from evaluation.metrics_file import METRICS_NAME, read_metrics  # noqa: E402
 from head import HEADS  # noqa: E402
 from util.errors import InputError  # noqa: E402
 from util.files import REPO_ROOT, make_outdir, write_atomically, write_json  # noqa: E402
-from util.options import finite_float, non_negative_int, positive_int  # noqa: E402
+from util.options import checked_seed, finite_float, non_negative_int, positive_int  # noqa: E402
 
 NOISE_FLAGS = {"closed": "--label_noise", "open": "--label_noise_open"}
 PRIORITY = (("SFaceLoss", "ArcFace"), "closed")  # what runs first, should the budget run out
@@ -69,14 +69,14 @@ def noise_settings(text):
 
 
 def seed_list(text):
-    """--seeds' type: comma-separated integers, one at least."""
+    """--seeds' type: comma-separated seeds, one at least."""
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         seeds = []
     if not seeds:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers, got '{text}'")
-    return seeds
+    return [checked_seed(s) for s in seeds]
 
 
 def setting_name(kind, fraction):

@@ -116,6 +116,7 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
                                                               "from SFaceLoss"),
                           (["--heads", ","], "argument --heads: no head in ','"),
                           (["--seeds", "1,x"], "argument --seeds: must be comma-separated integers"),
+                          (["--seeds", "1,-2"], "argument --seeds: must be an integer from 0 to 4294967295, got -2"),
                           (["--epochs", "0"], "argument --epochs: must be positive, got 0"),
                           (["--data_root", str(tmp_path)], "holds no imgs.txt")):
         with pytest.raises(SystemExit) as stop:

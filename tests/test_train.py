@@ -84,6 +84,8 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
     (SFACE, ["--param_a=-inf"], "argument --param_a: must be a finite number, got '-inf'"),
     (SCF, ["--checkpoint", "x.npz", "--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
     (SFACE, ["--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (SFACE, ["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1"),
+    (SCF, ["--checkpoint", "x.npz", "--seed", str(2**64)], "argument --seed: must be an integer from 0 to 4294967295"),
     (SFACE, ["--net", "ResNet_9000"], "unknown backbone 'ResNet_9000'; choose from IR_18"),
     (SFACE, ["--net", "MobileFaceNet", "--input_size", "100x100"],
      "MobileFaceNet takes an input size whose sides are each a positive multiple of 16 (112x112, 112x96, ...), "

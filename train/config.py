@@ -19,7 +19,7 @@ from head import HEADS, head_params
 from model.checkpoint import CheckpointError, model_config
 from util.distributed import WORKERS_ID_HELP, parse_workers, select_device
 from util.files import REPO_ROOT
-from util.options import finite_float
+from util.options import finite_float, random_seed
 
 from .run_state import training_checkpoint
 from .tensorboard_log import writer_installed
@@ -38,7 +38,7 @@ COMMON_OPTIONS = {
                                  "--data_mode"),
     "epochs": Option(int, 80, "training epochs"),
     "batch_size": Option(int, 256, "global batch size, split across MPI ranks"),
-    "seed": Option(int, 1337, "random seed (data order, flips, dropout, initial weights)"),
+    "seed": Option(random_seed, 1337, "random seed (data order, flips, dropout, initial weights)"),
     "save_freq": Option(int, 1000, "write last.npz every N batches (also at each epoch end)"),
     "log_freq": Option(int, 20, "log averaged training figures every N batches"),
     "num_workers": Option(int, 4, "image-decoding threads per process"),

@@ -34,3 +34,17 @@ def non_negative_int(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+SEED_LIMIT = 2**32  # numpy's SeedSequence takes no negative seed; 32 bits name more runs than anyone trains
+
+
+def random_seed(text):
+    """A random seed's type: an integer from 0 to 2**32 - 1."""
+    return checked_seed(integer(text))
+
+
+def checked_seed(value):
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_LIMIT - 1}, got {value}")
+    return value
