@@ -91,6 +91,10 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
      "MobileFaceNet takes an input size whose sides are each a positive multiple of 16 (112x112, 112x96, ...), "
      "got 100x100"),
     (SFACE, ["--head", "SphereFace", "--param_m", "7"], "SphereFace margin m must be an integer from 1 to 5, got 7"),
+    (SFACE, ["--param_s", "-1"], "head SFaceLoss: the scale s must be positive, got -1"),
+    (SFACE, ["--param_k", "0"], "head SFaceLoss: the sigmoid slope k must be positive, got 0"),
+    (SFACE, ["--param_b", "100"], "head SFaceLoss: the sigmoid centre b is an angle in radians from 0 to pi, got 100"),
+    (SFACE, ["--head", "ArcFace", "--param_m", "-0.5"], "head ArcFace: the margin m must be >= 0, got -0.5"),
     (SFACE, ["--head", "SphereFace", "--param_m", "2.5"], "SphereFace margin m must be an integer from 1 to 5, "
                                                          "got 2.5"),
 ])
