@@ -15,6 +15,13 @@ def finite_float(text):
     return value
 
 
+def probability(text):
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a probability is from 0 to 1, got {value:g}")
+    return value
+
+
 def integer(text):
     try:
         return int(text)
