@@ -11,7 +11,8 @@ import jittor as jt
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder
+from conftest import (DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder,
+                      write_image_list)
 from data.text import DataError
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loading import load_model
@@ -184,6 +185,20 @@ def test_images_of_one_class_are_refused_before_training(tmp_path, declared):
                                         "training a recognition model needs images of at least 2 classes"):
         train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none", "--epochs", "1"))
     assert not {"config.json", "metrics.jsonl", "last.npz"} & set(os.listdir(outdir))
+
+
+@pytest.mark.parametrize("how", ["property", "label"])
+def test_a_class_count_no_memory_can_hold_is_refused_before_the_head_is_built(tmp_path, how):
+    import train_SFace_jittor
+    data_root, entries = copy_demo_faces(tmp_path / "data", classes=2, per_class=2)
+    if how == "property":
+        (data_root / "property").write_text(f"{10**12},112,112\n")
+    else:  # without property, the largest label + 1
+        write_image_list(data_root, entries[:-1] + [(entries[-1][0], 10**12 - 1)])
+        os.remove(data_root / "property")
+    with pytest.raises(DataError, match=f"^{data_root / 'imgs.txt'}: 1000000000000 classes .*: training their 512-d "
+                                        "centres needs 5722046 GiB, more than this machine's"):
+        train_SFace_jittor.main(train_args(data_root, tmp_path / "run", "--target", "none", "--epochs", "1"))
 
 
 def run_until(args, predicate, timeout=600):
