@@ -78,10 +78,10 @@ def check_list_command(args):
     print(f"{dataset.source}: {len(dataset)} lines, {check.usable.sum()} usable images of {height}x{width}; "
           + ", ".join(f"{counts[kind]} {kind}" for kind in KINDS))
     sizes = check.class_sizes()
-    present = sizes[sizes > 0]
-    if present.size:
-        print(f"usable images per class: min {present.min()}, median {np.median(present):g}, max {present.max()}; "
-              f"{np.sum(sizes == 1)} classes with one image, {np.sum(sizes == 0)} of {len(sizes)} with none")
+    if sizes.size:
+        print(f"usable images per class: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()}; "
+              f"{np.sum(sizes == 1)} classes with one image, {dataset.num_classes - sizes.size} of "
+              f"{dataset.num_classes} with none")
         print("class sizes: " + ", ".join(f"{low}-{high}: {n}" if high > low else f"{low}: {n}"
                                           for low, high, n in size_histogram(sizes)))
     if args.write_clean:
