@@ -190,6 +190,18 @@ def test_check_list_command(tmp_path):
     assert result.returncode == 1 and "error: " in result.stderr and "imgs.txt:2: label 'x'" in result.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["rec-to-images", "--rec", "r", "--out", "o", "--processes", "0"], "argument --processes: must be positive, got 0"),
+    (["rec-to-images", "--rec", "r", "--out", "o", "--processes=-1"], "argument --processes: must be positive, got -1"),
+    (["check-list", "--root", "r", "--num_workers", "0"], "argument --num_workers: must be positive, got 0"),
+])
+def test_a_count_of_workers_below_one_is_a_usage_error(argv, message, capsys):
+    from tools import data_tools
+    with pytest.raises(SystemExit) as stopped:
+        data_tools.main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
 # ---- .bin <-> pairs folder ----
 
 def test_pairs_folder_to_bin_keeps_each_slot_bytes(tmp_path):

@@ -158,8 +158,8 @@ def parse_args(argv):
                                    "skipped, counted and listed in <out>/bad_records.txt.")
     s.add_argument("--rec", required=True, help="folder holding train.rec and train.idx (and maybe property)")
     s.add_argument("--out", required=True, help="output folder (the new data root)")
-    s.add_argument("--processes", type=int, default=os.cpu_count(), help="converter processes (default: one per "
-                                                                           "CPU core)")
+    s.add_argument("--processes", type=positive_int, default=os.cpu_count(),
+                   help="converter processes (default: one per CPU core)")
     s.set_defaults(run=rec_to_images_command)
     s = sub.add_parser("folder-to-list", help="a folder per identity -> imgs.txt + property + label_map.txt",
                        description="Label the identity folders of ROOT in name order and write ROOT/imgs.txt, "
@@ -174,7 +174,7 @@ def parse_args(argv):
     s.add_argument("--root", required=True, help="folder holding imgs.txt (and maybe property)")
     s.add_argument("--input_size", default="112x112",
                    help="expected image size when there is no property file (112x96: 112x112 images are cut)")
-    s.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
+    s.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     s.add_argument("--write_clean", metavar="PATH", help="also write the list without the bad and repeated lines")
     s.set_defaults(run=check_list_command)
     s = sub.add_parser("pairs-to-bin", help="pairs.txt + images/ folder -> InsightFace verification .bin",
