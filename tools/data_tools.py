@@ -116,9 +116,12 @@ def lfw_protocol_command(args):
 def fold_numbers(text):
     """--test_folds' type: comma-separated fold numbers."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        folds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'") from None
+        folds = []
+    if not folds or not all(1 <= k <= FOLDS for k in folds):
+        raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'")
+    return folds
 
 
 def align_command(args):
