@@ -18,7 +18,6 @@ import zlib
 
 import numpy as np
 
-from backbone import check_backbone_config
 from util.errors import InputError
 from util.files import make_outdir, write_atomically, write_npz
 
@@ -109,18 +108,6 @@ def load_weights(module, arrays, source):
 def is_scf(config):
     """Whether a checkpoint's config is an SCF run's (a confidence head on a frozen model)."""
     return bool(config.get("scf"))
-
-
-def model_config(path, config=None):
-    """The backbone-describing keys of a checkpoint's config (read from `path` unless given)."""
-    config = load_checkpoint(path)["meta"].get("config", {}) if config is None else config
-    if not isinstance(config, dict) or "net" not in config:
-        raise CheckpointError(f"{path}: holds no model config (net, input size, embedding size)")
-    try:
-        check_backbone_config(config)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: its config describes no backbone this project builds: {e}") from None
-    return {k: config[k] for k in MODEL_KEYS if k in config}
 
 
 def not_scf(path):

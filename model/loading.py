@@ -2,15 +2,27 @@
 head) in eval mode, built from the config the checkpoint stores."""
 from collections import namedtuple
 
-from backbone import build_backbone_from_config
+from backbone import build_backbone_from_config, check_backbone_config
 from head.scf import ConfidenceHead, feature_channels
 
-from .checkpoint import OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, is_scf, load_checkpoint, load_weights, model_config
+from .checkpoint import MODEL_KEYS, OFFICIAL_JITTOR_INPUT_NORM, CheckpointError, is_scf, load_checkpoint, load_weights
 from .weight_files import read_weights
 
 # A checkpoint's model in eval mode: its SCF confidence head is None unless it is an SCF checkpoint;
 # head_arrays are the stored head's weights (a trained head's class centres, or the confidence head).
 LoadedModel = namedtuple("LoadedModel", "backbone confidence_head config head_arrays")
+
+
+def model_config(path, config=None):
+    """The backbone-describing keys of a checkpoint's config (read from `path` unless given)."""
+    config = load_checkpoint(path)["meta"].get("config", {}) if config is None else config
+    if not isinstance(config, dict) or "net" not in config:
+        raise CheckpointError(f"{path}: holds no model config (net, input size, embedding size)")
+    try:
+        check_backbone_config(config)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its config describes no backbone this project builds: {e}") from None
+    return {k: config[k] for k in MODEL_KEYS if k in config}
 
 
 def load_model(path, pkl_config=None):

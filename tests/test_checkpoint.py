@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from backbone import build_backbone
-from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, model_config, module_arrays,
-                              run_checkpoint, save_checkpoint)
-from model.loading import load_model
+from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, run_checkpoint,
+                              save_checkpoint)
+from model.loading import load_model, model_config
 from model.weight_files import read_weights
 from train.run_state import open_run_folder
 from util import files

@@ -16,7 +16,8 @@ from backbone import check_backbone
 from data.images import parse_size
 from data.text import DataError
 from head import HEADS, head_params
-from model.checkpoint import CheckpointError, model_config
+from model.checkpoint import CheckpointError
+from model.loading import model_config
 from util.distributed import WORKERS_ID_HELP, parse_workers, select_device
 from util.files import REPO_ROOT
 from util.options import finite_float, probability, random_seed

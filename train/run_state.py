@@ -9,8 +9,9 @@ import os
 import numpy as np
 
 from head import head_params
-from model.checkpoint import (BEST, LAST, CheckpointError, is_scf, load_checkpoint, load_weights, model_config,
-                              module_arrays, not_scf, run_checkpoint, save_checkpoint)
+from model.checkpoint import (BEST, LAST, CheckpointError, is_scf, load_checkpoint, load_weights, module_arrays,
+                              not_scf, run_checkpoint, save_checkpoint)
+from model.loading import model_config
 from util import distributed
 from util.files import OutputError, make_outdir, remove_leftovers
 
@@ -53,7 +54,7 @@ def training_checkpoint(path, scf):
 
 def check_training_state(path, meta):
     """The run a damaged or hand-edited `meta` entry would resume, checked before anything is built from it."""
-    model_config(path, meta.get("config"))
+    model_config(path, meta.get("config") or {})
     progress = meta["progress"]
     if not (isinstance(progress, dict) and all(is_count(progress.get(k)) for k in ("epoch", "batch", "step"))):
         raise CheckpointError(f"{path}: its training position (meta 'progress') is not counts of epochs, batches "

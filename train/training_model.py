@@ -10,7 +10,8 @@ from backbone.layers import DEFAULT_INPUT_MEAN, DEFAULT_INPUT_SCALE
 from data.text import DataError
 from head import build_head
 from head.scf import ConfidenceHead
-from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, model_config
+from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM
+from model.loading import model_config
 from model.weight_files import read_weights
 from util import distributed
 
