@@ -33,6 +33,10 @@ MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 PARTS = ("backbone", "head", "optimizer")  # the array entries: <part>/<name>
 
 
+# What np.load raises for a damaged .npz (an empty file: EOFError; a corrupt compressed entry: zlib.error).
+DAMAGED_NPZ = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 class CheckpointError(InputError):
     """A checkpoint or weight file that cannot be used, with the file named in the message."""
 
@@ -56,7 +60,7 @@ def load_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # EOFError: an empty file
+    except (OSError, *DAMAGED_NPZ) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e or type(e).__name__})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")

@@ -22,6 +22,13 @@ def probability(text):
     return value
 
 
+def positive_float(text):
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
 def integer(text):
     try:
         return int(text)
