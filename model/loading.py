@@ -37,7 +37,9 @@ def load_model(path, pkl_config=None):
         model_config(path, config)  # it must describe its backbone
         backbone_arrays = checkpoint["backbone"]
     elif pkl_config is None:
-        raise CheckpointError(f"{path}: a .pkl does not say which backbone it holds")
+        raise CheckpointError(f"{path}: not a .npz checkpoint of this project"
+                              + (" (an official .pkl does not say which backbone it holds)" if path.endswith(".pkl")
+                                 else ""))
     else:
         backbone_arrays, _ = read_weights(path, "backbone")
         config, head_arrays = dict(pkl_config, input_norm=OFFICIAL_JITTOR_INPUT_NORM), {}

@@ -168,6 +168,22 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
         backbone_onnx(build_backbone("SphereFace4"), (112, 96), opset=7)
 
 
+def test_what_is_no_checkpoint_file_or_no_opset_is_refused_by_name(tmp_path, capsys):
+    from tools import export_onnx
+    out = str(tmp_path / "x.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    for checkpoint, message in ((tmp_path / "model.onnx", f"{tmp_path / 'model.onnx'}: not a .npz checkpoint of this "
+                                                          "project"),
+                                (tmp_path, f"{tmp_path}: a folder holding no best.npz or last.npz")):
+        with pytest.raises(SystemExit) as stop:
+            export_onnx.main(["--checkpoint", str(checkpoint), "--out", out])
+        assert str(stop.value.code).startswith(f"error: {message}")
+    with pytest.raises(SystemExit) as stop:
+        export_onnx.main(["--checkpoint", str(tmp_path), "--out", out, "--opset", "7"])
+    assert stop.value.code == 2 and "argument --opset: opset 7 is not supported: choose 11 to" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, monkeypatch):
     from tools import export_onnx
     from util import files
