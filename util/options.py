@@ -29,6 +29,13 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
 def integer(text):
     try:
         return int(text)
