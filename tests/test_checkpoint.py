@@ -175,7 +175,8 @@ GOOD_CONFIG = {"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size":
 ])
 def test_a_stored_config_that_describes_no_backbone_is_named(change, message):
     assert model_config("x.npz", GOOD_CONFIG) == GOOD_CONFIG
-    with pytest.raises(CheckpointError, match=f"^x.npz: its config describes no backbone this project builds: {message}"):
+    with pytest.raises(CheckpointError,
+                       match=f"^x.npz: its config describes no backbone this project builds: {message}"):
         model_config("x.npz", dict(GOOD_CONFIG, **change))
 
 

@@ -191,7 +191,8 @@ def test_check_list_command(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["rec-to-images", "--rec", "r", "--out", "o", "--processes", "0"], "argument --processes: must be positive, got 0"),
+    (["rec-to-images", "--rec", "r", "--out", "o", "--processes", "0"],
+     "argument --processes: must be positive, got 0"),
     (["rec-to-images", "--rec", "r", "--out", "o", "--processes=-1"], "argument --processes: must be positive, got -1"),
     (["check-list", "--root", "r", "--num_workers", "0"], "argument --num_workers: must be positive, got 0"),
 ])

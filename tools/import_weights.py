@@ -133,7 +133,8 @@ def main(argv=None):
     except OSError as e:  # a file that cannot be opened
         sys.exit(f"error: cannot import {args.source} weights: {e.filename}: {e.strerror}")
     except KeyError as e:  # an array the source's layout has and the file lacks
-        source_file = getattr(args, {"insightface": "params", "xiaoccer": "checkpoint", "pytorch": "backbone"}[args.source])
+        option = {"insightface": "params", "xiaoccer": "checkpoint", "pytorch": "backbone"}[args.source]
+        source_file = getattr(args, option)
         sys.exit(f"error: cannot import {args.source} weights: {source_file}: holds no array {e} (not a {args.source} "
                  "model?)")
     except ValueError as e:
