@@ -118,6 +118,9 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
                           (["--seeds", "1,x"], "argument --seeds: must be comma-separated integers"),
                           (["--seeds", "1,-2"], "argument --seeds: must be an integer from 0 to 4294967295, got -2"),
                           (["--epochs", "0"], "argument --epochs: must be positive, got 0"),
+                          (["--lr=-1"], "argument --lr: must be positive, got -1"),
+                          (["--stages", "5,x"], "--stages must be comma-separated integers, got '5,x'"),
+                          (["--workers_id", "gpu"], "--workers_id must be 'cpu', 'auto' or comma-separated GPU ids"),
                           (["--data_root", str(tmp_path)], "holds no imgs.txt")):
         with pytest.raises(SystemExit) as stop:
             noise_experiment.main([*base, *args])
