@@ -48,6 +48,7 @@ from data.image_list import ImageListDataset, read_image_list
 from data.images import parse_size
 from data.loader import BatchLoader
 from data.photos import read_photo
+from data.rec import IDX_NAME, REC_NAME
 from data.scenes import random_scene, smooth_background
 from train.config import SFACE, check_ranges, configure
 from train.optim import SGD, batchnorm_parameter_names, named_parameters
@@ -355,6 +356,11 @@ def parse_args(argv=None):
         check_backbone(args.net, args.input_hw)
         check_ranges(vars(args), ("batch_size", "embedding_size", "num_classes", "steps", "rounds", "num_workers",
                                   "processes"), ("warmup", "align_photos"))
+        if args.data_root:
+            read_image_list(args.data_root)  # the loader's list, whole, before the steps are timed
+        missing = [n for n in (REC_NAME, IDX_NAME) if args.rec and not os.path.isfile(os.path.join(args.rec, n))]
+        if missing:
+            raise ValueError(f"--rec {args.rec}: holds no {' or '.join(missing)}")
         args.device = distributed.select_device(args.workers_id)
         if args.amp and args.device == "cpu":
             raise ValueError("--amp is mixed precision for the GPU; on the CPU leave it out")

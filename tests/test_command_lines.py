@@ -159,14 +159,16 @@ def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_a
     assert len(again) == 1 and "--seed 2" in again[0] and "--label_noise_open 0.2" in again[0]
 
 
-def test_the_benchmark_checks_its_flags_before_any_work(capsys):
+def test_the_benchmark_checks_its_flags_before_any_work(capsys, tmp_path):
     import benchmark
     for args, message in ((["--batch_size", "0"], "--batch_size must be positive, got 0"),
                           (["--net", "ResNet9000"], "unknown backbone 'ResNet9000'; choose from"),
                           (["--rounds", "0"], "--rounds must be positive, got 0"),
                           (["--steps", "0"], "--steps must be positive, got 0"),
                           (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
-                          (["--align_photos", "-1"], "--align_photos must be >= 0, got -1")):
+                          (["--align_photos", "-1"], "--align_photos must be >= 0, got -1"),
+                          (["--data_root", str(tmp_path)], f"{tmp_path / 'imgs.txt'}: no such file"),
+                          (["--rec", str(tmp_path)], f"--rec {tmp_path}: holds no train.rec or train.idx")):
         with pytest.raises(SystemExit) as stop:
             benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
         assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args
