@@ -201,6 +201,21 @@ def test_a_class_count_no_memory_can_hold_is_refused_before_the_head_is_built(tm
         train_SFace_jittor.main(train_args(data_root, tmp_path / "run", "--target", "none", "--epochs", "1"))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails with ENOSPC")
+def test_a_full_disk_under_the_log_or_the_metrics_is_one_error_naming_the_file(tmp_path):
+    from evaluation.metrics_file import MetricsLog
+    from train.logger import setup_logging
+    os.symlink("/dev/full", tmp_path / "train.log")
+    log = setup_logging(str(tmp_path))
+    try:
+        with pytest.raises(OutputError, match=f"^{tmp_path / 'train.log'}: cannot write the log \\(No space left"):
+            log.info("a line the disk has no room for")
+    finally:
+        log.handlers.clear()
+    with pytest.raises(OutputError, match="^/dev/full: cannot write the metrics file \\(No space left on device\\)"):
+        MetricsLog("/dev/full").write({"kind": "train", "step": 1})
+
+
 def run_until(args, predicate, timeout=600):
     """Start a training process and SIGKILL it once predicate() holds."""
     # Jittor's SIGCHLD handler quick-exits any process that imported it when a child dies
