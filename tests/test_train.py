@@ -86,6 +86,7 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
     (SCF, ["--checkpoint", "x.npz", "--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
     (SFACE, ["--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
     (SFACE, ["--stages=-5,70"], "--stages must be epochs >= 0, got '-5,70'"),
+    (SFACE, ["--target", " , "], "--target ' , ' names no target; give 'none' to train without evaluation"),
     (SCF, ["--checkpoint", "x.npz", "--quality_augment", "1.5"],
      "argument --quality_augment: a probability is from 0 to 1, got 1.5"),
     (SFACE, ["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1"),

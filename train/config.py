@@ -221,6 +221,8 @@ def resolve_sface(cfg):
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"{cfg['net']}-{cfg['head']}-{cfg['data_mode']}")
     cfg["targets"] = [] if cfg["target"].strip().lower() in ("", "none") else \
         [t.strip() for t in cfg["target"].split(",") if t.strip()]
+    if not cfg["targets"] and cfg["target"].strip().lower() not in ("", "none"):
+        raise ValueError(f"--target {cfg['target']!r} names no target; give 'none' to train without evaluation")
     cfg["input_hw"] = list(parse_size(cfg["input_size"]))
     check_backbone(cfg["net"], cfg["input_hw"])
     cfg["stage_epochs"] = parse_epoch_list(cfg["stages"], "--stages")
