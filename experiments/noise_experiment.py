@@ -30,7 +30,7 @@ from data.lfw_protocol import TEST_TARGET  # noqa: E402
 from evaluation.metrics_file import METRICS_NAME, read_metrics  # noqa: E402
 from head import HEADS  # noqa: E402
 from train.config import parse_epoch_list  # noqa: E402
-from util.distributed import parse_workers  # noqa: E402
+from util.distributed import workers_id  # noqa: E402
 from util.errors import InputError  # noqa: E402
 from util.files import REPO_ROOT, make_outdir, write_atomically, write_json  # noqa: E402
 from util.options import checked_seed, finite_float, non_negative_int, positive_float, positive_int  # noqa: E402
@@ -268,12 +268,11 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("--eval_freq", type=non_negative_int, default=94, help="score the held-out folds every N steps")
     p.add_argument("--log_freq", type=positive_int, default=47)
-    p.add_argument("--workers_id", default="auto", help="as in training")
+    p.add_argument("--workers_id", type=workers_id, default="auto", help="as in training")
     p.add_argument("--no_report", action="store_true", help="train and evaluate only (no angle reports)")
     args = p.parse_args(argv)
     try:  # what every run would refuse, refused once before any run starts
         parse_epoch_list(args.stages, "--stages")
-        parse_workers(args.workers_id)
     except ValueError as e:
         p.error(str(e))
     if not os.path.isfile(os.path.join(args.data_root, "imgs.txt")):

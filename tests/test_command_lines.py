@@ -1,4 +1,5 @@
 """Every command line: one flag name per concept, and a GPU asked for but absent is a clear error everywhere."""
+import importlib
 import json
 import os
 import subprocess
@@ -120,7 +121,8 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
                           (["--epochs", "0"], "argument --epochs: must be positive, got 0"),
                           (["--lr=-1"], "argument --lr: must be positive, got -1"),
                           (["--stages", "5,x"], "--stages must be comma-separated integers, got '5,x'"),
-                          (["--workers_id", "gpu"], "--workers_id must be 'cpu', 'auto' or comma-separated GPU ids"),
+                          (["--workers_id", "gpu"], "argument --workers_id: must be 'cpu', 'auto' or comma-separated "
+                                                    "GPU ids, got 'gpu'"),
                           (["--data_root", str(tmp_path)], "holds no imgs.txt")):
         with pytest.raises(SystemExit) as stop:
             noise_experiment.main([*base, *args])
@@ -172,6 +174,19 @@ def test_the_benchmark_checks_its_flags_before_any_work(capsys, tmp_path):
         with pytest.raises(SystemExit) as stop:
             benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
         assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("train_SFace_jittor", []), ("train_SCF_jittor", ["--checkpoint", "x.npz"]), ("benchmark", []),
+    ("eval_SFace_jittor", ["--checkpoint", "x.npz", "--target", "lfw"]), ("tools.angle_report", ["--checkpoint", "x"]),
+    ("experiments.scf_quality_check", ["--checkpoint", "x.npz", "--target", "lfw"])])
+def test_every_script_checks_workers_id_where_it_is_typed(script, argv, capsys):
+    """Before any file is read: a usage error naming the flag, not a traceback once the device is chosen."""
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main([*argv, "--workers_id", "gpu0"])
+    assert stop.value.code == 2
+    assert "argument --workers_id: must be 'cpu', 'auto' or comma-separated GPU ids, got 'gpu0'" in \
+        capsys.readouterr().err
 
 
 def test_the_benchmark_times_aligning_photos(capsys):

@@ -18,7 +18,7 @@ from data.text import DataError
 from head import HEADS, head_params
 from model.checkpoint import CheckpointError
 from model.loading import model_config
-from util.distributed import WORKERS_ID_HELP, parse_workers, select_device
+from util.distributed import WORKERS_ID_HELP, parse_workers, select_device, workers_id
 from util.files import REPO_ROOT
 from util.options import finite_float, probability, random_seed
 
@@ -33,7 +33,7 @@ FLAG = "flag"  # an option's type: on when given
 
 # What both scripts mean the same by (docs/training.md: "as in training").
 COMMON_OPTIONS = {
-    "workers_id": Option(str, "auto", WORKERS_ID_HELP),
+    "workers_id": Option(workers_id, "auto", WORKERS_ID_HELP),
     "data_mode": Option(str, "casia", "dataset preset: default data root and the recipe's values"),
     "data_root": Option(str, "", "folder holding imgs.txt (and property) or train.rec + train.idx; default from "
                                  "--data_mode"),
