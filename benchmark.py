@@ -326,7 +326,8 @@ def parse_args(argv=None):
     p.add_argument("--input_size", default="112x112")
     p.add_argument("--embedding_size", type=int, default=512)
     p.add_argument("--num_classes", type=int, default=10572, help="class centres in the SFace head (CASIA: 10572)")
-    p.add_argument("--workers_id", type=distributed.workers_id, default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--data_root", default="", help="also time the image-list loader on this folder")

@@ -53,7 +53,8 @@ def parse_args(argv=None):
                    help="images per forward pass on each rank (default 0: 16 on CPU, where small batches run fastest; "
                         "256 on GPU)")
     p.add_argument("--no_flip", action="store_true", help="embed the images only, not their mirror images too")
-    p.add_argument("--workers_id", type=distributed.workers_id, default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
     p.add_argument("--save_features", action="store_true",

@@ -80,7 +80,8 @@ def test_ranks_get_the_gpus_listed_in_workers_id():
 
 @pytest.mark.parametrize("text", ["", ",", "abc", "0,x", "-1", "0,-2"])
 def test_workers_id_that_names_no_gpu_is_refused(text):
-    with pytest.raises(ValueError, match=f"--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, got '{text}'"):
+    with pytest.raises(ValueError, match=f"^--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, "
+                                         f"got '{text}'"):
         parse_workers(text)
 
 

@@ -250,7 +250,7 @@ def test_a_new_run_removes_the_event_files_an_earlier_one_left(tmp_path):
     assert event_steps(events) == [1] and len(event_files(events)) == 1
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails with ENOSPC")
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails with ENOSPC")
 def test_an_event_file_on_a_full_disk_is_one_error_naming_it(tmp_path):
     from train.tensorboard_log import TensorBoardLog
     from util.files import OutputError

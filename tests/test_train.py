@@ -202,7 +202,7 @@ def test_a_class_count_no_memory_can_hold_is_refused_before_the_head_is_built(tm
         train_SFace_jittor.main(train_args(data_root, tmp_path / "run", "--target", "none", "--epochs", "1"))
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device every write to fails with ENOSPC")
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails with ENOSPC")
 def test_a_full_disk_under_the_log_or_the_metrics_is_one_error_naming_the_file(tmp_path):
     from evaluation.metrics_file import MetricsLog
     from train.logger import setup_logging

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="", help="output path without extension (default: <checkpoint "
                                              "folder>/angle_report)")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass on each rank")
-    p.add_argument("--workers_id", type=distributed.workers_id, default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     args = p.parse_args(argv)
     if args.max_images < 0 or args.batch_size <= 0:
