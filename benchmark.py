@@ -48,6 +48,7 @@ from data.image_list import ImageListDataset, read_image_list
 from data.images import parse_size
 from data.loader import BatchLoader
 from data.photos import read_photo
+from data.rec import IDX_NAME, REC_NAME
 from data.scenes import random_scene, smooth_background
 from train.config import SFACE, check_ranges, configure
 from train.optim import SGD, batchnorm_parameter_names, named_parameters
@@ -325,7 +326,8 @@ def parse_args(argv=None):
     p.add_argument("--input_size", default="112x112")
     p.add_argument("--embedding_size", type=int, default=512)
     p.add_argument("--num_classes", type=int, default=10572, help="class centres in the SFace head (CASIA: 10572)")
-    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--data_root", default="", help="also time the image-list loader on this folder")
@@ -355,6 +357,11 @@ def parse_args(argv=None):
         check_backbone(args.net, args.input_hw)
         check_ranges(vars(args), ("batch_size", "embedding_size", "num_classes", "steps", "rounds", "num_workers",
                                   "processes"), ("warmup", "align_photos"))
+        if args.data_root:
+            read_image_list(args.data_root)  # the loader's list, whole, before the steps are timed
+        missing = [n for n in (REC_NAME, IDX_NAME) if args.rec and not os.path.isfile(os.path.join(args.rec, n))]
+        if missing:
+            raise ValueError(f"--rec {args.rec}: holds no {' or '.join(missing)}")
         args.device = distributed.select_device(args.workers_id)
         if args.amp and args.device == "cpu":
             raise ValueError("--amp is mixed precision for the GPU; on the CPU leave it out")

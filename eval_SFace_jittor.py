@@ -53,15 +53,17 @@ def parse_args(argv=None):
                    help="images per forward pass on each rank (default 0: 16 on CPU, where small batches run fastest; "
                         "256 on GPU)")
     p.add_argument("--no_flip", action="store_true", help="embed the images only, not their mirror images too")
-    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     p.add_argument("--outdir", default="eval_results", help="where results.json and the ROC PNGs go")
     p.add_argument("--save_features", action="store_true",
                    help="also write features_<target>.npz: unit embeddings (and SCF kappas) of each distinct image "
                         "(of each face for --ijb)")
     args = p.parse_args(argv)
-    if not args.target.strip() and not args.ijb:
-        p.error("give --target, --ijb or both")
+    args.targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    if not args.targets and not args.ijb:
+        p.error(f"give --target, --ijb or both{f' (--target {args.target!r} names no target)' if args.target else ''}")
     if not args.checkpoint.endswith((".npz", ".pkl")) and not os.path.exists(args.checkpoint):
         p.error(f"--checkpoint {args.checkpoint}: no such file or folder")  # a missing .npz or .pkl: its loader says
     try:
@@ -115,7 +117,7 @@ def main(argv=None):
     backbone, confidence_head, cfg, _ = load_model(args.checkpoint, pkl_config)
     ijb_set = load_ijb(args.ijb, args.ijb_set) if args.ijb else None  # its meta files checked before any embedding
     reports, ijb = [], []
-    for name in [t.strip() for t in args.target.split(",") if t.strip()]:
+    for name in args.targets:
         target = EvalTarget(load_target(name, args.eval_root), cfg["input_hw"], args.num_workers)
         features = target_features(backbone, target, batch_size, not args.no_flip, confidence_head)
         reports.append(protocol_report(target, features))

@@ -18,7 +18,7 @@ from train.loop import Run
 from train.optim import stage_lr
 from train.run_state import load_part
 from train.steps import NonFiniteError, sface_step
-from train.training_model import build_model
+from train.training_model import build_model, check_head_fits
 from train.validation import Validation, load_eval_targets
 from util import distributed
 from util.errors import InputError
@@ -41,6 +41,7 @@ def main(argv=None):
         add_label_noise(run, cfg)
     validation = Validation(load_eval_targets(cfg, run.log), cfg["batch_size"],
                             checkpoint["meta"]["best"] if checkpoint else None)
+    check_head_fits(cfg, run.dataset)
     model = build_model(cfg, run.dataset.num_classes)
     for part, arrays in weights.items():
         load_part(getattr(model, part), arrays, cfg[f"resume_{part}"])

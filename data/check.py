@@ -30,8 +30,11 @@ class ListCheck:
         return {kind: kinds.count(kind) for kind in KINDS}
 
     def class_sizes(self):
-        """Usable images per class, for every class of the list."""
-        return np.bincount(self.dataset.labels[self.usable], minlength=self.dataset.num_classes)
+        """Usable images per class that has any, in label order (the list's other classes have none).
+
+        Counted over the labels present: a `property` may declare far more classes than memory could count one by
+        one."""
+        return np.unique(self.dataset.labels[self.usable], return_counts=True)[1]
 
 
 def image_problem(dataset, index):

@@ -41,6 +41,8 @@ def read_property(path):
         raise DataError(f"{path}:1: expected 'NUM_CLASS,HEIGHT,WIDTH', got '{text}'") from None
     if num_classes <= 0:
         raise DataError(f"{path}:1: class count must be positive, got {num_classes}")
+    if height <= 0 or width <= 0:
+        raise DataError(f"{path}:1: image size must be positive, got {height}x{width}")
     return num_classes, (height, width)
 
 

@@ -4,7 +4,7 @@ import json
 import os
 
 from data.text import DataError, text_lines
-from util.files import write_atomically
+from util.files import appending_failed, write_atomically
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -32,8 +32,11 @@ class MetricsLog:
         return read_metrics(self.path) if os.path.exists(self.path) else []
 
     def write(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise appending_failed(self.path, "metrics file", e) from None
         if self.also is not None:
             self.also(record)
 

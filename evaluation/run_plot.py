@@ -8,7 +8,6 @@ above the panels; the line styles are explained in each panel.
 import json
 import math
 import os
-import zipfile
 from collections import namedtuple
 
 import matplotlib
@@ -19,7 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from data.text import DataError  # noqa: E402
-from model.checkpoint import LAST, CheckpointError, read_meta  # noqa: E402
+from model.checkpoint import DAMAGED_NPZ, LAST, CheckpointError, read_meta  # noqa: E402
 from util.files import write_atomically  # noqa: E402
 
 from .metrics_file import METRICS_NAME, read_metrics  # noqa: E402
@@ -68,7 +67,7 @@ def run_config(folder):
     try:
         with np.load(checkpoint, allow_pickle=False) as archive:  # only the meta entry is read
             meta = read_meta(checkpoint, archive["meta"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, KeyError, *DAMAGED_NPZ) as e:
         raise CheckpointError(f"{checkpoint}: not a readable checkpoint ({e})") from None
     return meta.get("config", {})
 

@@ -30,6 +30,7 @@ from data.scenes import random_scene, smooth_background  # noqa: E402
 from data.verification_sets import IMAGES_DIR, PAIRS_NAME, parse_pairs_txt  # noqa: E402
 from evaluation.results_file import read_results  # noqa: E402
 from util.files import REPO_ROOT, write_atomically  # noqa: E402
+from util.options import random_seed  # noqa: E402
 
 SCENE_HW = (250, 250)
 CHUNK = 200
@@ -64,7 +65,7 @@ def main(argv=None):
     p.add_argument("--lfw", required=True, help="aligned LFW: pairs.txt + images/<Name>/<Name>_NNNN.jpg")
     p.add_argument("--checkpoint", required=True, help="the model to score (a .npz of this project)")
     p.add_argument("--work", required=True, help="folder for the scenes, their aligned faces and the evaluation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--processes", type=int, default=os.cpu_count())
     args = p.parse_args(argv)
     scenes, aligned, outdir = (os.path.join(args.work, name) for name in ("scenes", "aligned", "eval"))

@@ -29,9 +29,11 @@ import numpy as np  # noqa: E402
 from data.lfw_protocol import TEST_TARGET  # noqa: E402
 from evaluation.metrics_file import METRICS_NAME, read_metrics  # noqa: E402
 from head import HEADS  # noqa: E402
+from train.config import parse_epoch_list  # noqa: E402
+from util.distributed import workers_id  # noqa: E402
 from util.errors import InputError  # noqa: E402
 from util.files import REPO_ROOT, make_outdir, write_atomically, write_json  # noqa: E402
-from util.options import finite_float, non_negative_int, positive_int  # noqa: E402
+from util.options import checked_seed, finite_float, non_negative_int, positive_float, positive_int  # noqa: E402
 
 NOISE_FLAGS = {"closed": "--label_noise", "open": "--label_noise_open"}
 PRIORITY = (("SFaceLoss", "ArcFace"), "closed")  # what runs first, should the budget run out
@@ -69,14 +71,14 @@ def noise_settings(text):
 
 
 def seed_list(text):
-    """--seeds' type: comma-separated integers, one at least."""
+    """--seeds' type: comma-separated seeds, one at least."""
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         seeds = []
     if not seeds:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers, got '{text}'")
-    return seeds
+    return [checked_seed(s) for s in seeds]
 
 
 def setting_name(kind, fraction):
@@ -278,14 +280,18 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=seed_list, default="1,2", help="comma-separated seeds, one run per cell each")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--stages", default="6,9", help="epochs at which the learning rate is divided by 10")
-    p.add_argument("--lr", type=finite_float, default=0.1)
+    p.add_argument("--lr", type=positive_float, default=0.1)
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("--eval_freq", type=non_negative_int, default=188,
                    help="score the held-out folds every N steps (188: every 2 epochs of 6,022 images at batch 64)")
     p.add_argument("--log_freq", type=positive_int, default=47)
-    p.add_argument("--workers_id", default="auto", help="as in training")
+    p.add_argument("--workers_id", type=workers_id, default="auto", help="as in training")
     p.add_argument("--no_report", action="store_true", help="train and evaluate only (no angle reports)")
     args = p.parse_args(argv)
+    try:  # what every run would refuse, refused once before any run starts
+        parse_epoch_list(args.stages, "--stages")
+    except ValueError as e:
+        p.error(str(e))
     if not os.path.isfile(os.path.join(args.data_root, "imgs.txt")):
         p.error(f"--data_root {args.data_root}: holds no imgs.txt (make one with tools/data_tools.py lfw-protocol)")
     return args

@@ -40,7 +40,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an SCF checkpoint (train_SCF_jittor.py)")
     p.add_argument("--target", required=True, help="a .bin or pairs folder whose images are used")
-    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     args = p.parse_args(argv)
     try:

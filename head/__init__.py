@@ -4,6 +4,7 @@ Every head is called as `head(embeddings, labels, step)` and returns a `HeadOutp
 `shard=True` splits SFace's class centres over the MPI ranks (`ShardedSFaceLoss`); the
 softmax heads cannot be split that simply (their normalisation spans every class).
 """
+import math
 from collections import namedtuple
 from functools import partial
 
@@ -24,6 +25,16 @@ HEADS = {
 }
 
 
+# The values each --param_<x> can train with, and what it is (a negative scale or slope inverts the loss).
+PARAM_CHECKS = {
+    "s": (lambda v: v > 0, "the scale s must be positive"),
+    "k": (lambda v: v > 0, "the sigmoid slope k must be positive"),
+    "a": (lambda v: 0 <= v <= math.pi, "the sigmoid centre a is an angle in radians from 0 to pi"),
+    "b": (lambda v: 0 <= v <= math.pi, "the sigmoid centre b is an angle in radians from 0 to pi"),
+    "m": (lambda v: v >= 0, "the margin m must be >= 0"),
+}
+
+
 def head_params(name, params, shard=False):
     """Check a head's name, parameters and shardability; -> its parameters as the head takes them."""
     if name not in HEADS:
@@ -35,7 +46,13 @@ def head_params(name, params, shard=False):
     if shard and kind.sharded is None:
         raise ValueError(f"head {name} cannot be sharded (the softmax heads normalise over every class); only "
                          f"{', '.join(n for n, k in HEADS.items() if k.sharded)} can")
-    return {k: sphereface_margin(v) if name == "SphereFace" else v for k, v in params.items()}
+    if name == "SphereFace":
+        return {k: sphereface_margin(v) for k, v in params.items()}
+    for key, value in params.items():
+        valid, meaning = PARAM_CHECKS[key]
+        if not valid(value):
+            raise ValueError(f"head {name}: {meaning}, got {value:g}")
+    return params
 
 
 def build_head(name, embedding_size, num_classes, seed=0, shard=False, **params):

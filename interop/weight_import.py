@@ -47,8 +47,10 @@ def mxnet_nodes(symbol):
 
 def mxnet_input_norm(ops):
     """(mean, scale) from the graph's leading _minus_scalar / _mul_scalar nodes."""
-    mean = next(float(a["scalar"]) for op, a, _ in ops.values() if op == "_minus_scalar")
-    scale = next(float(a["scalar"]) for op, a, _ in ops.values() if op == "_mul_scalar")
+    mean = next((float(a["scalar"]) for op, a, _ in ops.values() if op == "_minus_scalar"), None)
+    scale = next((float(a["scalar"]) for op, a, _ in ops.values() if op == "_mul_scalar"), None)
+    if mean is None or scale is None:
+        raise ValueError("the MXNet graph has no _minus_scalar and _mul_scalar input normalisation")
     return mean, scale
 
 

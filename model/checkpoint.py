@@ -14,6 +14,7 @@ keys of `np.load(path)` yourself.
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -30,6 +31,10 @@ MODEL_KEYS = ("net", "input_hw", "input_size", "embedding_size", "input_norm")
 
 
 PARTS = ("backbone", "head", "optimizer")  # the array entries: <part>/<name>
+
+
+# What np.load raises for a damaged .npz (an empty file: EOFError; a corrupt compressed entry: zlib.error).
+DAMAGED_NPZ = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class CheckpointError(InputError):
@@ -55,8 +60,8 @@ def load_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    except (OSError, *DAMAGED_NPZ) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e or type(e).__name__})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not an SFace-Jittor checkpoint (no 'meta' entry)")
     meta = read_meta(path, arrays.pop("meta"))
@@ -97,20 +102,16 @@ def load_weights(module, arrays, source):
         if tuple(value.shape) != tuple(var.shape):
             raise CheckpointError(f"{source}: '{name}' has shape {tuple(value.shape)}, the model wants "
                                   f"{tuple(var.shape)}")
+        if value.dtype.kind not in "biuf":
+            raise CheckpointError(f"{source}: '{name}' holds {value.dtype} values, not numbers")
+        if not np.isfinite(value).all():  # no trained model holds them: every output would be NaN
+            raise CheckpointError(f"{source}: '{name}' holds values that are not finite (NaN or infinity)")
         var.assign(value.astype(np.float32))
 
 
 def is_scf(config):
     """Whether a checkpoint's config is an SCF run's (a confidence head on a frozen model)."""
     return bool(config.get("scf"))
-
-
-def model_config(path, config=None):
-    """The backbone-describing keys of a checkpoint's config (read from `path` unless given)."""
-    config = load_checkpoint(path)["meta"].get("config", {}) if config is None else config
-    if "net" not in config:
-        raise CheckpointError(f"{path}: holds no model config (net, input size, embedding size)")
-    return {k: config[k] for k in MODEL_KEYS if k in config}
 
 
 def not_scf(path):

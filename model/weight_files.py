@@ -19,11 +19,11 @@ def read_weights(path, part):
     (`jt.save` of a state dict) or a PyTorch state dict (`torch.save`, zip or legacy format).
 
     No file runs code: a pickle naming anything a state dict does not hold is refused.
-    -> (arrays, the run config of our checkpoint or None for a state dict).
+    -> (arrays, the run config of our checkpoint ({} if it stores none) or None for a state dict).
     """
     if path.endswith(".npz"):
         checkpoint = load_checkpoint(path)
-        return checkpoint[part], checkpoint["meta"].get("config")
+        return checkpoint[part], checkpoint["meta"].get("config", {})
     try:
         if is_torch_file(path):
             return read_reference_pytorch(path), None

@@ -151,11 +151,13 @@ def angle_report(*args):
     return tool.main([*map(str, args), "--workers_id", "cpu", "--num_workers", "2"])
 
 
-def test_data_with_more_classes_than_the_checkpoint_has_centres_is_refused(tiny_face_set, tmp_path):
+@pytest.mark.parametrize("centres", [3, 5])
+def test_data_with_another_class_count_than_the_checkpoint_has_centres_is_refused(tiny_face_set, tmp_path, centres):
     from data.text import DataError
     data_root, _ = tiny_face_set(classes=4, per_class=2)
-    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=3)
-    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: 4 classes, but {checkpoint} has 3 class centres"):
+    checkpoint = random_checkpoint(tmp_path / "run" / "last.npz", data_root, classes=centres)
+    with pytest.raises(DataError, match=f"{data_root / 'imgs.txt'}: 4 classes, but {checkpoint} has {centres} class "
+                                        "centres"):
         angle_report("--checkpoint", checkpoint)
 
 
@@ -168,7 +170,8 @@ def test_the_report_makes_its_folders_and_refuses_one_it_cannot_make_before_any_
     assert os.path.getsize(f"{out}.png") > 10_000 and json.loads(open(f"{out}.json").read())["images"] == 4
     (tmp_path / "file").write_text("")
     for out, message in ((tmp_path / "file" / "angles", f"{tmp_path / 'file'}: exists and is not a folder"),
-                         ("/proc/sface/angles", "/proc/sface: cannot create the output folder")):
+                         ("/proc/sface/angles",
+                          "/proc/sface: cannot create the output folder .*; give another --out$")):
         with pytest.raises(OutputError, match=message):  # before the checkpoint, which is not there, is read
             angle_report("--checkpoint", tmp_path / "no_run" / "last.npz", "--out", out)
 

@@ -3,7 +3,9 @@ import errno
 import gc
 import io
 import os
+import struct
 import sys
+import zipfile
 
 import jittor as jt
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from backbone import build_backbone
 from model.checkpoint import (CheckpointError, load_checkpoint, load_weights, module_arrays, run_checkpoint,
                               save_checkpoint)
+from model.loading import load_model, model_config
 from model.weight_files import read_weights
 from train.run_state import open_run_folder
 from util import files
@@ -121,6 +124,23 @@ def test_unreadable_files_are_named(tmp_path):
         load_checkpoint(str(foreign))
     with pytest.raises(CheckpointError, match="missing.npz: not a readable checkpoint"):
         load_checkpoint(str(tmp_path / "missing.npz"))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.npz: not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "empty.npz"))
+
+
+def test_a_corrupt_compressed_entry_is_named(tmp_path):
+    path = tmp_path / "packed.npz"
+    np.savez_compressed(path, meta=np.array("{}"), **{"backbone/w": np.zeros(1000, np.float32)})
+    with zipfile.ZipFile(path) as archive:
+        entry = archive.getinfo("backbone/w.npy")
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_length + extra_length
+    data[start] = 0xFF  # a deflate block of the reserved type: the stream cannot be inflated
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="packed.npz: not a readable checkpoint"):
+        load_checkpoint(str(path))
 
 
 @pytest.mark.parametrize("entries, message", [
@@ -140,6 +160,34 @@ def test_entries_a_checkpoint_cannot_hold_are_named(tmp_path, entries, message):
         load_checkpoint(path)
 
 
+GOOD_CONFIG = {"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size": 128, "input_norm": [127.5, 0.0078125]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"net": 5}, "net 5 is not a backbone name"),
+    ({"net": "ResNet_9000"}, "unknown backbone 'ResNet_9000'"),
+    ({"input_hw": "112x112"}, "input_hw '112x112' is not \\[height, width\\]"),
+    ({"input_hw": [112, 100]}, "MobileFaceNet takes an input size whose sides are each a positive multiple of 16"),
+    ({"embedding_size": "x"}, "embedding_size 'x' is not a positive integer"),
+    ({"embedding_size": 0}, "embedding_size 0 is not a positive integer"),
+    ({"input_norm": "x"}, "input_norm 'x' is not \\[mean, non-zero scale\\]"),
+    ({"input_norm": [127.5, 0]}, "input_norm \\[127.5, 0\\] is not \\[mean, non-zero scale\\]"),
+])
+def test_a_stored_config_that_describes_no_backbone_is_named(change, message):
+    assert model_config("x.npz", GOOD_CONFIG) == GOOD_CONFIG
+    with pytest.raises(CheckpointError,
+                       match=f"^x.npz: its config describes no backbone this project builds: {message}"):
+        model_config("x.npz", dict(GOOD_CONFIG, **change))
+
+
+def test_an_scf_config_without_a_confidence_head_is_named(tmp_path):
+    path = str(tmp_path / "scf.npz")
+    backbone = module_arrays(build_backbone("MobileFaceNet", embedding_size=128))
+    save_checkpoint(path, {"config": dict(GOOD_CONFIG, scf=True)}, backbone, {"weight": np.zeros((4, 128), np.float32)})
+    with pytest.raises(CheckpointError, match=f"^{path}: its config says SCF, but it holds no confidence head"):
+        load_model(path)
+
+
 def test_weights_must_fit_exactly():
     model = build_backbone("MobileFaceNet", embedding_size=128)
     arrays = module_arrays(model)
@@ -150,6 +198,12 @@ def test_weights_must_fit_exactly():
         load_weights(other, {k: v for k, v in arrays.items() if k != "fc1.bias"}, "src")
     with pytest.raises(CheckpointError, match="src: 'pre_fc1.weight' has shape \\(128, 512\\), the model wants \\(64, 512\\)"):
         load_weights(build_backbone("MobileFaceNet", embedding_size=64), arrays, "src")
+    broken = dict(arrays, **{"fc1.bias": np.full(128, np.nan, np.float32)})
+    with pytest.raises(CheckpointError, match="src: 'fc1.bias' holds values that are not finite"):
+        load_weights(other, broken, "src")
+    broken = dict(arrays, **{"fc1.bias": np.full(128, "abc")})
+    with pytest.raises(CheckpointError, match="src: 'fc1.bias' holds <U3 values, not numbers"):
+        load_weights(other, broken, "src")
 
 
 def test_weights_from_an_official_jittor_pickle(tmp_path):

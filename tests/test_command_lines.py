@@ -1,4 +1,5 @@
 """Every command line: one flag name per concept, and a GPU asked for but absent is a clear error everywhere."""
+import importlib
 import json
 import os
 import subprocess
@@ -116,7 +117,12 @@ def test_the_noise_experiment_checks_its_flags_first_and_names_a_failed_run(tmp_
                                                               "from SFaceLoss"),
                           (["--heads", ","], "argument --heads: no head in ','"),
                           (["--seeds", "1,x"], "argument --seeds: must be comma-separated integers"),
+                          (["--seeds", "1,-2"], "argument --seeds: must be an integer from 0 to 4294967295, got -2"),
                           (["--epochs", "0"], "argument --epochs: must be positive, got 0"),
+                          (["--lr=-1"], "argument --lr: must be positive, got -1"),
+                          (["--stages", "5,x"], "--stages must be comma-separated integers, got '5,x'"),
+                          (["--workers_id", "gpu"], "argument --workers_id: must be 'cpu', 'auto' or comma-separated "
+                                                    "GPU ids, got 'gpu'"),
                           (["--data_root", str(tmp_path)], "holds no imgs.txt")):
         with pytest.raises(SystemExit) as stop:
             noise_experiment.main([*base, *args])
@@ -158,17 +164,32 @@ def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_a
     assert len(again) == 1 and "--seed 2" in again[0] and "--label_noise_open 0.2" in again[0]
 
 
-def test_the_benchmark_checks_its_flags_before_any_work(capsys):
+def test_the_benchmark_checks_its_flags_before_any_work(capsys, tmp_path):
     import benchmark
     for args, message in ((["--batch_size", "0"], "--batch_size must be positive, got 0"),
                           (["--net", "ResNet9000"], "unknown backbone 'ResNet9000'; choose from"),
                           (["--rounds", "0"], "--rounds must be positive, got 0"),
                           (["--steps", "0"], "--steps must be positive, got 0"),
                           (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
-                          (["--align_photos", "-1"], "--align_photos must be >= 0, got -1")):
+                          (["--align_photos", "-1"], "--align_photos must be >= 0, got -1"),
+                          (["--data_root", str(tmp_path)], f"{tmp_path / 'imgs.txt'}: no such file"),
+                          (["--rec", str(tmp_path)], f"--rec {tmp_path}: holds no train.rec or train.idx")):
         with pytest.raises(SystemExit) as stop:
             benchmark.main(["--net", "MobileFaceNet", "--workers_id", "cpu", *args])
         assert stop.value.code == 2 and f"error: {message}" in capsys.readouterr().err, args
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("train_SFace_jittor", []), ("train_SCF_jittor", ["--checkpoint", "x.npz"]), ("benchmark", []),
+    ("eval_SFace_jittor", ["--checkpoint", "x.npz", "--target", "lfw"]), ("tools.angle_report", ["--checkpoint", "x"]),
+    ("experiments.scf_quality_check", ["--checkpoint", "x.npz", "--target", "lfw"])])
+def test_every_script_checks_workers_id_where_it_is_typed(script, argv, capsys):
+    """Before any file is read: a usage error naming the flag, not a traceback once the device is chosen."""
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main([*argv, "--workers_id", "gpu0"])
+    assert stop.value.code == 2
+    assert "argument --workers_id: must be 'cpu', 'auto' or comma-separated GPU ids, got 'gpu0'" in \
+        capsys.readouterr().err
 
 
 def test_the_benchmark_times_aligning_photos(capsys):

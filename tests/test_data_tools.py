@@ -113,7 +113,7 @@ def test_checker_reports_every_problem_with_its_line(tmp_path):
                      (10, "unreadable", "cannot read: Is a directory")]
     assert check.counts() == {"missing": 1, "unreadable": 1, "undecodable": 2, "wrong size": 1, "duplicate": 2}
     sizes = check.class_sizes()
-    assert sizes.tolist() == [1, 1, 0, 1, 0]
+    assert sizes.tolist() == [1, 1, 1]  # classes 0, 1 and 3; 2 and 4 have no usable image
     assert size_histogram(sizes) == [(1, 1, 3)]
     write_clean_list(check, str(tmp_path / "clean.txt"))
     assert (tmp_path / "clean.txt").read_text() == "a.jpg 0\nb.jpg 1\nc.jpg 3\n"
@@ -181,9 +181,26 @@ def test_check_list_command(tmp_path):
             "2 duplicate") in result.stdout
     assert "min 1, median 1, max 1; 3 classes with one image, 2 of 5 with none" in result.stdout
     assert (tmp_path / "clean.txt").read_text().count("\n") == 3
+    (tmp_path / "property").write_text(f"{10**12},112,112\n")  # classes counted by label present, not one by one
+    result = run_tool("check-list", "--root", tmp_path)
+    assert result.returncode == 1 and "3 classes with one image, 999999999997 of 1000000000000 with none" in \
+        result.stdout
     (tmp_path / "imgs.txt").write_text("a.jpg 0\nb.jpg x\n")
     result = run_tool("check-list", "--root", tmp_path)
     assert result.returncode == 1 and "error: " in result.stderr and "imgs.txt:2: label 'x'" in result.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rec-to-images", "--rec", "r", "--out", "o", "--processes", "0"],
+     "argument --processes: must be positive, got 0"),
+    (["rec-to-images", "--rec", "r", "--out", "o", "--processes=-1"], "argument --processes: must be positive, got -1"),
+    (["check-list", "--root", "r", "--num_workers", "0"], "argument --num_workers: must be positive, got 0"),
+])
+def test_a_count_of_workers_below_one_is_a_usage_error(argv, message, capsys):
+    from tools import data_tools
+    with pytest.raises(SystemExit) as stopped:
+        data_tools.main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 # ---- .bin <-> pairs folder ----

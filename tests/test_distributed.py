@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO_ROOT, assert_same_angles
 from data.loader import epoch_order
 from model.checkpoint import load_checkpoint
-from util.distributed import rank_share
+from util.distributed import parse_workers, rank_share
 from util.runtime import rank_gpu
 
 TRAIN = os.path.join(REPO_ROOT, "train_SFace_jittor.py")
@@ -74,6 +74,15 @@ def test_ranks_get_the_gpus_listed_in_workers_id():
     assert rank_gpu(0, "cpu", "0") is None and rank_gpu(0, "auto", None) is None and rank_gpu(None, "0,1", None) is None
     with pytest.raises(SystemExit, match="not among CUDA_VISIBLE_DEVICES"):
         rank_gpu(1, "0,3", "0,1")
+    for malformed in ("abc", ",", "0,x", "-1"):  # left to the script's own check, which names the flag
+        assert rank_gpu(0, malformed, None) is None
+
+
+@pytest.mark.parametrize("text", ["", ",", "abc", "0,x", "-1", "0,-2"])
+def test_workers_id_that_names_no_gpu_is_refused(text):
+    with pytest.raises(ValueError, match=f"^--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, "
+                                         f"got '{text}'"):
+        parse_workers(text)
 
 
 def test_cpu_processes_compile_kernels_one_at_a_time_unless_told_otherwise():

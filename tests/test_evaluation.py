@@ -98,6 +98,15 @@ def test_a_pkl_backbone_that_cannot_exist_is_a_usage_error(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_a_target_list_that_names_no_target_is_a_usage_error(tmp_path, capsys):
+    import eval_SFace_jittor
+    with pytest.raises(SystemExit) as stopped:
+        eval_SFace_jittor.main(["--checkpoint", "x.npz", "--target", ",,", "--outdir", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    assert "give --target, --ijb or both (--target ',,' names no target)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- published models on the real LFW (../shared/data) ----
 
 def import_and_evaluate(tmp_path, import_args, target, input_hw):

@@ -123,10 +123,13 @@ def test_what_cannot_make_a_protocol_is_refused_by_name(tmp_path, change, messag
         write_protocol(str(lfw), str(out), folds, min_images=3)
 
 
-def test_the_command_checks_its_flags(tmp_path, capsys):
+@pytest.mark.parametrize("folds", ["a", "0", "11", "1,-2", ","])
+def test_the_command_checks_its_flags(tmp_path, capsys, folds):
     with pytest.raises(SystemExit) as stopped:
-        data_tools.main(["lfw-protocol", "--lfw", str(tmp_path), "--out", str(tmp_path / "o"), "--test_folds", "a"])
-    assert stopped.value.code == 2 and "must be comma-separated fold numbers" in capsys.readouterr().err
+        data_tools.main(["lfw-protocol", "--lfw", str(tmp_path), "--out", str(tmp_path / "o"), f"--test_folds={folds}"])
+    assert stopped.value.code == 2
+    assert f"argument --test_folds: must be comma-separated fold numbers (1 to 10), got '{folds}'" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit) as stopped:
         data_tools.main(["lfw-protocol", "--lfw", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert "error: " in str(stopped.value.code) and "nowhere/pairs.txt: no such file" in str(stopped.value.code)

@@ -19,6 +19,7 @@ from jittor import nn
 from backbone import build_backbone
 from conftest import DEMO_ROOT, REPO_ROOT, oversized_png, shared_path, small_pairs_folder
 from head.scf import ConfidenceHead
+from evaluation.results_file import ResultsError
 from interop.onnx_export import ExportError, backbone_onnx, onnx_input_size
 from model.checkpoint import OFFICIAL_JITTOR_INPUT_NORM, module_arrays, save_checkpoint
 from model.loading import load_model
@@ -166,6 +167,23 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path):
         backbone_onnx(CallsJittor(), (16, 16), source="odd.npz")
     with pytest.raises(ExportError, match="opset 7 is not supported"):
         backbone_onnx(build_backbone("SphereFace4"), (112, 96), opset=7)
+
+
+def test_what_is_no_checkpoint_file_or_no_opset_is_refused_by_name(tmp_path, capsys):
+    from tools import export_onnx
+    out = str(tmp_path / "x.onnx")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    for checkpoint, message in ((tmp_path / "model.onnx", f"{tmp_path / 'model.onnx'}: not a .npz checkpoint of this "
+                                                          "project"),
+                                (tmp_path, f"{tmp_path}: a folder holding no best.npz or last.npz")):
+        with pytest.raises(SystemExit) as stop:
+            export_onnx.main(["--checkpoint", str(checkpoint), "--out", out])
+        assert str(stop.value.code).startswith(f"error: {message}")
+    with pytest.raises(SystemExit) as stop:
+        export_onnx.main(["--checkpoint", str(tmp_path), "--out", out, "--opset", "7"])
+    assert stop.value.code == 2
+    assert "argument --opset: opset 7 is not supported: choose 11 to" in capsys.readouterr().err
+    assert not os.path.exists(out)
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path, monkeypatch):
@@ -349,10 +367,21 @@ def test_a_threshold_far_or_tolerance_that_is_no_usable_number_is_refused(capsys
             (verify_faces.main, ["--far", "0"], "argument --far: must be a false-accept rate in (0, 1], got '0'"),
             (verify_faces.main, ["--far", "1.5"], "argument --far: must be a false-accept rate in (0, 1]"),
             (verify_faces.main, ["--far", "inf"], "argument --far: must be a finite number, got 'inf'"),
-            (eval_opencv.main, ["--target", "lfw", "--tolerance", "nan"], "argument --tolerance: must be a finite")):
+            (verify_faces.main, ["--threshold", "1.5"], "argument --threshold: must be a cosine similarity from -1"),
+            (verify_faces.main, ["--threshold=-2"], "argument --threshold: must be a cosine similarity from -1 to 1"),
+            (eval_opencv.main, ["--target", "lfw", "--tolerance", "nan"], "argument --tolerance: must be a finite"),
+            (eval_opencv.main, ["--target", "lfw", "--tolerance=-1"], "argument --tolerance: must be >= 0, got -1")):
         with pytest.raises(SystemExit) as stop:
             main([*(faces if main is verify_faces.main else []), *args, "--model", "unused.onnx"])
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_results_file_without_results_is_named(tmp_path):
+    from tools.verify_faces import evaluation_threshold
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"checkpoint": "x.npz", "results": []}))
+    with pytest.raises(ResultsError, match=f"^{results}: holds no verification results"):
+        evaluation_threshold(str(results), None, 1e-3)
 
 
 def test_verify_faces_says_how_to_align_a_face_of_another_size(exported, tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from data.text import DataError
 from evaluation.angles import angle_summary
 from evaluation.run_plot import plot_runs
+from util.errors import InputError
 
 PLOT_RUN = os.path.join(REPO_ROOT, "tools", "plot_run.py")
 
@@ -97,6 +97,7 @@ def test_the_tool_writes_curves_png_in_the_run_folder_by_default(tmp_path):
     ("empty", "{run}/metrics.jsonl: holds no record yet"),
     ("missing_figure", "{run}/metrics.jsonl: a record lacks a figure or holds one that is not a number"),
     ("bad_config", "{run}/config.json: not a JSON run config"),
+    ("empty_checkpoint", "{run}/last.npz: not a readable checkpoint"),
 ])
 def test_bad_input_ends_with_one_error_line_naming_the_file(tmp_path, damage, message):
     run = str(tmp_path / "run")
@@ -116,7 +117,10 @@ def test_bad_input_ends_with_one_error_line_naming_the_file(tmp_path, damage, me
             f.write(json.dumps({"kind": "train", "step": 8, "loss": 1.0, "angles": {"theta_target": {}}}) + "\n")
     elif damage == "bad_config":
         open(os.path.join(run, "config.json"), "w").write("{not json")
-    with pytest.raises(DataError, match="^" + re.escape(message.format(run=run))):
+    elif damage == "empty_checkpoint":  # without config.json the sigmoid centres come from the checkpoint
+        os.remove(os.path.join(run, "config.json"))
+        open(os.path.join(run, "last.npz"), "w").close()
+    with pytest.raises(InputError, match="^" + re.escape(message.format(run=run))):
         plot_runs([run], str(tmp_path / "out.png"))
     result = plot_tool(run, "--out", str(tmp_path / "out.png"))
     assert result.returncode == 1 and result.stderr.startswith("error: " + message.format(run=run))

@@ -250,6 +250,17 @@ def test_a_new_run_removes_the_event_files_an_earlier_one_left(tmp_path):
     assert event_steps(events) == [1] and len(event_files(events)) == 1
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails with ENOSPC")
+def test_an_event_file_on_a_full_disk_is_one_error_naming_it(tmp_path):
+    from train.tensorboard_log import TensorBoardLog
+    from util.files import OutputError
+    log = TensorBoardLog(str(tmp_path))
+    with open("/dev/full", "ab") as log.file:
+        with pytest.raises(OutputError, match="^/dev/full: cannot write the TensorBoard event file \\(No space"):
+            log.write({"kind": "train", "step": 1, "epoch": 1, "lr": 0.1, "loss": 1.0})
+        log.file.raw.close()  # what the failed write left buffered goes nowhere
+
+
 def test_tensorboard_without_its_writer_is_a_usage_error(monkeypatch, capsys):
     import train.config
     from train.config import SFACE, configure

@@ -11,9 +11,10 @@ import jittor as jt
 import numpy as np
 import pytest
 
-from conftest import DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder
+from conftest import (DEMO_ROOT, REPO_ROOT, assert_same_angles, copy_demo_faces, small_pairs_folder,
+                      write_image_list)
 from data.text import DataError
-from model.checkpoint import load_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.loading import load_model
 from train.config import SCF, SFACE, RunFinished, configure
 from util.files import OutputError
@@ -84,11 +85,21 @@ def test_bad_flags_are_refused(flag, value, message, capsys):
     (SFACE, ["--param_a=-inf"], "argument --param_a: must be a finite number, got '-inf'"),
     (SCF, ["--checkpoint", "x.npz", "--gamma", "nan"], "argument --gamma: must be a finite number, got 'nan'"),
     (SFACE, ["--momentum", "-0.9"], "--momentum must be >= 0, got -0.9"),
+    (SFACE, ["--stages=-5,70"], "--stages must be epochs >= 0, got '-5,70'"),
+    (SFACE, ["--target", " , "], "--target ' , ' names no target; give 'none' to train without evaluation"),
+    (SCF, ["--checkpoint", "x.npz", "--quality_augment", "1.5"],
+     "argument --quality_augment: a probability is from 0 to 1, got 1.5"),
+    (SFACE, ["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1"),
+    (SCF, ["--checkpoint", "x.npz", "--seed", str(2**64)], "argument --seed: must be an integer from 0 to 4294967295"),
     (SFACE, ["--net", "ResNet_9000"], "unknown backbone 'ResNet_9000'; choose from IR_18"),
     (SFACE, ["--net", "MobileFaceNet", "--input_size", "100x100"],
      "MobileFaceNet takes an input size whose sides are each a positive multiple of 16 (112x112, 112x96, ...), "
      "got 100x100"),
     (SFACE, ["--head", "SphereFace", "--param_m", "7"], "SphereFace margin m must be an integer from 1 to 5, got 7"),
+    (SFACE, ["--param_s", "-1"], "head SFaceLoss: the scale s must be positive, got -1"),
+    (SFACE, ["--param_k", "0"], "head SFaceLoss: the sigmoid slope k must be positive, got 0"),
+    (SFACE, ["--param_b", "100"], "head SFaceLoss: the sigmoid centre b is an angle in radians from 0 to pi, got 100"),
+    (SFACE, ["--head", "ArcFace", "--param_m", "-0.5"], "head ArcFace: the margin m must be >= 0, got -0.5"),
     (SFACE, ["--head", "SphereFace", "--param_m", "2.5"], "SphereFace margin m must be an integer from 1 to 5, "
                                                          "got 2.5"),
 ])
@@ -97,6 +108,37 @@ def test_values_no_run_can_use_are_refused_on_the_command_line(spec, argv, messa
     with pytest.raises(SystemExit) as stopped:
         configure(spec, ["--data_root", "/no/such/folder", *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, message", [
+    (None, "holds no model config"),
+    ({"net": "MobileFaceNet", "input_hw": [112, 112], "embedding_size": 512, "input_norm": "x"},
+     "its config describes no backbone this project builds: input_norm 'x'"),
+])
+def test_starting_weights_of_a_checkpoint_that_states_no_input_normalisation_are_refused(tmp_path, config, message):
+    """Built with a guessed normalisation, the backbone would see other pixel values than it was trained on."""
+    path = str(tmp_path / "weights.npz")
+    save_checkpoint(path, {"config": config} if config else {}, {"w": np.zeros(2, np.float32)}, {})
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        configure(SFACE, ["--data_mode", "demo", "--workers_id", "cpu", "--resume_backbone", path])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"progress": "x"}, "its training position \\(meta 'progress'\\) is not counts of epochs, batches and steps"),
+    ({"progress": {"epoch": 0, "batch": -1, "step": 0}}, "its training position"),
+    ({"optimizer_steps": 1.5}, "its optimizer step count \\(meta 'optimizer_steps'\\) is not a count"),
+    ({"best": "x"}, "its meta 'best' is not a JSON object"),
+    ({"config": {"net": "ResNet_9000"}}, "its config describes no backbone this project builds: unknown backbone"),
+    ({"config": {"head": "Foo"}}, "its config names no head this project trains: unknown head 'Foo'"),
+])
+def test_a_damaged_training_state_is_named_with_its_checkpoint(tmp_path, change, message):
+    config = dict(parse_config(["--data_mode", "demo", "--workers_id", "cpu"]))
+    meta = {"config": config, "progress": {"epoch": 0, "batch": 1, "step": 1}, "optimizer_steps": 1}
+    meta.update({k: dict(config, **v) if k == "config" else v for k, v in change.items()})
+    path = str(tmp_path / "last.npz")
+    save_checkpoint(path, meta, {"w": np.zeros(2, np.float32)}, {})
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        configure(SFACE, ["--resume", path, "--workers_id", "cpu"])
 
 
 def test_training_writes_metrics_checkpoints_and_improves_loss(tiny_face_set, tmp_path):
@@ -144,6 +186,35 @@ def test_images_of_one_class_are_refused_before_training(tmp_path, declared):
                                         "training a recognition model needs images of at least 2 classes"):
         train_SFace_jittor.main(train_args(data_root, outdir, "--target", "none", "--epochs", "1"))
     assert not {"config.json", "metrics.jsonl", "last.npz"} & set(os.listdir(outdir))
+
+
+@pytest.mark.parametrize("how", ["property", "label"])
+def test_a_class_count_no_memory_can_hold_is_refused_before_the_head_is_built(tmp_path, how):
+    import train_SFace_jittor
+    data_root, entries = copy_demo_faces(tmp_path / "data", classes=2, per_class=2)
+    if how == "property":
+        (data_root / "property").write_text(f"{10**12},112,112\n")
+    else:  # without property, the largest label + 1
+        write_image_list(data_root, entries[:-1] + [(entries[-1][0], 10**12 - 1)])
+        os.remove(data_root / "property")
+    with pytest.raises(DataError, match=f"^{data_root / 'imgs.txt'}: 1000000000000 classes .*: training their 512-d "
+                                        "centres needs 5722046 GiB, more than this machine's"):
+        train_SFace_jittor.main(train_args(data_root, tmp_path / "run", "--target", "none", "--epochs", "1"))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails with ENOSPC")
+def test_a_full_disk_under_the_log_or_the_metrics_is_one_error_naming_the_file(tmp_path):
+    from evaluation.metrics_file import MetricsLog
+    from train.logger import setup_logging
+    os.symlink("/dev/full", tmp_path / "train.log")
+    log = setup_logging(str(tmp_path))
+    try:
+        with pytest.raises(OutputError, match=f"^{tmp_path / 'train.log'}: cannot write the log \\(No space left"):
+            log.info("a line the disk has no room for")
+    finally:
+        log.handlers.clear()
+    with pytest.raises(OutputError, match="^/dev/full: cannot write the metrics file \\(No space left on device\\)"):
+        MetricsLog("/dev/full").write({"kind": "train", "step": 1})
 
 
 def run_until(args, predicate, timeout=600):

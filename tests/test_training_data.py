@@ -97,6 +97,9 @@ def test_bad_property_and_missing_or_empty_list(tmp_path):
     (tmp_path / "property").write_text("ten,112,112")
     with pytest.raises(DataError, match="property:1: expected 'NUM_CLASS,HEIGHT,WIDTH'"):
         read_image_list(str(tmp_path))
+    (tmp_path / "property").write_text("10,-112,0")  # every image would be the wrong size
+    with pytest.raises(DataError, match="property:1: image size must be positive, got -112x0"):
+        read_image_list(str(tmp_path))
 
 
 # ---- images ----

@@ -220,14 +220,18 @@ def test_import_tool_turns_a_pytorch_state_dict_into_a_checkpoint(tmp_path):
     assert f"{out}: exists and is not a folder" in refused.stderr
 
 
-def import_weights_error(*argv):
-    """tools/import_weights.py run in this process: the one-line message it exits with (non-zero)."""
+def import_tool():
     spec = importlib.util.spec_from_file_location("import_weights", os.path.join(REPO_ROOT, "tools",
                                                                                  "import_weights.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def import_weights_error(*argv):
+    """tools/import_weights.py run in this process: the one-line message it exits with (non-zero)."""
     with pytest.raises(SystemExit) as stop:
-        tool.main(list(argv))
+        import_tool().main(list(argv))
     assert isinstance(stop.value.code, str) and "\n" not in stop.value.code  # printed to stderr, status 1
     return stop.value.code
 
@@ -250,3 +254,34 @@ def test_import_tool_names_the_file_it_cannot_use(tmp_path):
     assert import_weights_error("insightface", "--params", str(objects), "--symbol", str(symbol), "--out", out) == (
         f"error: cannot import insightface weights: {objects}: not a readable .npz of arrays (Object arrays cannot "
         "be loaded when allow_pickle=False)")
+
+
+
+def test_import_tool_names_the_damaged_file_of_an_insightface_model(tmp_path):
+    out = str(tmp_path / "out.npz")
+    symbol, params = tmp_path / "model-symbol.json", tmp_path / "params.npz"
+    symbol.write_text('{"nodes": []}')
+    params.write_bytes(b"")
+    assert import_weights_error("insightface", "--params", str(params), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {params}: not a readable .npz of arrays (No data left in file)")
+    np.savez(params, **{"arg:x": np.zeros(2)})  # no array of an InsightFace model
+    assert import_weights_error("insightface", "--params", str(params), "--symbol", str(symbol), "--out", out) == (
+        f"error: cannot import insightface weights: {params}: holds no array 'aux:fc1_moving_mean' (not a "
+        "insightface model?)")
+    np.savez(params, **{"aux:fc1_moving_mean": np.zeros(128, np.float32)})
+    for text, message in (('{"nodes": ', "not a JSON MXNet graph (Expecting value"),
+                          ("[1, 2]", "not an MXNet symbol graph (a 'nodes' list of op, name and inputs)"),
+                          ('{"nodes": []}', "the MXNet graph has no node 'conv_1_conv2d' for conv_1.conv2d")):
+        symbol.write_text(text)
+        assert import_weights_error("insightface", "--params", str(params), "--symbol", str(symbol), "--out",
+                                    out).startswith(f"error: cannot import insightface weights: {symbol}: {message}")
+    symbol.write_bytes(b"\xff{}")
+    assert import_weights_error("insightface", "--params", str(params), "--symbol", str(symbol), "--out",
+                                out).startswith(f"error: cannot import insightface weights: {symbol}: not a JSON")
+    assert not os.path.exists(out)
+
+
+def test_an_input_scale_that_is_not_positive_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        import_tool().main(["pytorch", "--net", "IR_18", "--backbone", "x.pth", "--input_scale", "0", "--out", "o"])
+    assert stop.value.code == 2 and "argument --input_scale: must be positive, got 0" in capsys.readouterr().err

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="", help="output path without extension (default: <checkpoint "
                                              "folder>/angle_report)")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass on each rank")
-    p.add_argument("--workers_id", default="auto", help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
+    p.add_argument("--workers_id", type=distributed.workers_id, default="auto",
+                   help=f"{distributed.WORKERS_ID_HELP} (default: auto)")
     p.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
     args = p.parse_args(argv)
     if args.max_images < 0 or args.batch_size <= 0:
@@ -96,7 +97,7 @@ def training_angles(args):
     cfg = model.config
     centres = class_centres(model, args.checkpoint)
     dataset = open_training_set(args.data_root or cfg["data_root"], cfg["input_hw"])
-    if dataset.num_classes > len(centres):
+    if dataset.num_classes != len(centres):  # a head trained on these labels has one centre per class
         raise DataError(f"{dataset.source}: {dataset.num_classes} classes, but {args.checkpoint} has {len(centres)} "
                         f"class centres: not the data it was trained on (give that with --data_root)")
     # The noise the run trained with, drawn again from its seed (imported weights have none).
@@ -198,7 +199,8 @@ def print_report(result, sface_params):
 
 def main(argv=None):
     args = parse_args(argv)
-    make_outdir(os.path.dirname(os.path.abspath(args.out)))  # the output folder and the metrics: before any work
+    # the output folder and the metrics: before any work
+    make_outdir(os.path.dirname(os.path.abspath(args.out)), "--out")
     history = read_history(args.metrics)
     distributed.select_device(args.workers_id)
     return report(args, history)

@@ -78,10 +78,10 @@ def check_list_command(args):
     print(f"{dataset.source}: {len(dataset)} lines, {check.usable.sum()} usable images of {height}x{width}; "
           + ", ".join(f"{counts[kind]} {kind}" for kind in KINDS))
     sizes = check.class_sizes()
-    present = sizes[sizes > 0]
-    if present.size:
-        print(f"usable images per class: min {present.min()}, median {np.median(present):g}, max {present.max()}; "
-              f"{np.sum(sizes == 1)} classes with one image, {np.sum(sizes == 0)} of {len(sizes)} with none")
+    if sizes.size:
+        print(f"usable images per class: min {sizes.min()}, median {np.median(sizes):g}, max {sizes.max()}; "
+              f"{np.sum(sizes == 1)} classes with one image, {dataset.num_classes - sizes.size} of "
+              f"{dataset.num_classes} with none")
         print("class sizes: " + ", ".join(f"{low}-{high}: {n}" if high > low else f"{low}: {n}"
                                           for low, high, n in size_histogram(sizes)))
     if args.write_clean:
@@ -116,9 +116,12 @@ def lfw_protocol_command(args):
 def fold_numbers(text):
     """--test_folds' type: comma-separated fold numbers."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        folds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'") from None
+        folds = []
+    if not folds or not all(1 <= k <= FOLDS for k in folds):
+        raise argparse.ArgumentTypeError(f"must be comma-separated fold numbers (1 to {FOLDS}), got '{text}'")
+    return folds
 
 
 def align_command(args):
@@ -158,8 +161,8 @@ def parse_args(argv):
                                    "skipped, counted and listed in <out>/bad_records.txt.")
     s.add_argument("--rec", required=True, help="folder holding train.rec and train.idx (and maybe property)")
     s.add_argument("--out", required=True, help="output folder (the new data root)")
-    s.add_argument("--processes", type=int, default=os.cpu_count(), help="converter processes (default: one per "
-                                                                           "CPU core)")
+    s.add_argument("--processes", type=positive_int, default=os.cpu_count(),
+                   help="converter processes (default: one per CPU core)")
     s.set_defaults(run=rec_to_images_command)
     s = sub.add_parser("folder-to-list", help="a folder per identity -> imgs.txt + property + label_map.txt",
                        description="Label the identity folders of ROOT in name order and write ROOT/imgs.txt, "
@@ -174,7 +177,7 @@ def parse_args(argv):
     s.add_argument("--root", required=True, help="folder holding imgs.txt (and maybe property)")
     s.add_argument("--input_size", default="112x112",
                    help="expected image size when there is no property file (112x96: 112x112 images are cut)")
-    s.add_argument("--num_workers", type=int, default=4, help="image-decoding threads")
+    s.add_argument("--num_workers", type=positive_int, default=4, help="image-decoding threads")
     s.add_argument("--write_clean", metavar="PATH", help="also write the list without the bad and repeated lines")
     s.set_defaults(run=check_list_command)
     s = sub.add_parser("pairs-to-bin", help="pairs.txt + images/ folder -> InsightFace verification .bin",

@@ -27,7 +27,7 @@ from evaluation.protocol import flip_fused, pair_distances, verification_report 
 from evaluation.results_file import read_results, row_number, target_row  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from util.errors import InputError  # noqa: E402
-from util.options import finite_float  # noqa: E402
+from util.options import non_negative_float  # noqa: E402
 
 FACE_SIZE = (112, 112)  # what FaceRecognizerSF.feature feeds, whatever the image
 
@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) of a 112x112 model")
     p.add_argument("--target", required=True, help="a .bin file or a folder holding pairs.txt + images/")
     p.add_argument("--compare", help="a results.json of eval_SFace_jittor.py to compare with")
-    p.add_argument("--tolerance", type=finite_float, default=0.05,
+    p.add_argument("--tolerance", type=non_negative_float, default=0.05,
                    help="largest accuracy difference in points (default 0.05)")
     args = p.parse_args(argv)
     try:

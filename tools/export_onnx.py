@@ -15,8 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
 
-from interop.onnx_export import DEFAULT_OPSET, backbone_onnx  # noqa: E402
-from model.checkpoint import is_scf  # noqa: E402
+from interop.onnx_export import DEFAULT_OPSET, ExportError, backbone_onnx, check_opset  # noqa: E402
+from model.checkpoint import BEST, LAST, is_scf, run_checkpoint  # noqa: E402
 from model.loading import load_model  # noqa: E402
 from util.errors import InputError  # noqa: E402
 from util.files import OutputError, make_outdir, write_atomically  # noqa: E402
@@ -29,6 +29,16 @@ def batch_size(text):
     raise argparse.ArgumentTypeError(f"--batch must be a positive integer or 'dynamic', got '{text}'")
 
 
+def opset_version(text):
+    """--opset's type: one this onnx package writes, checked before any work."""
+    opset = positive_int(text)
+    try:
+        check_opset(opset)
+    except ExportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return opset
+
+
 def check_output_file(out):
     """Refuse an --out that is a folder and make the folder it goes in, before any export work."""
     if os.path.isdir(out):
@@ -39,6 +49,7 @@ def check_output_file(out):
 def export(checkpoint, out, batch, opset):
     """-> (the checkpoint's config, the ONNX model written to `out`)."""
     check_output_file(out)
+    checkpoint = run_checkpoint(checkpoint, (BEST, LAST))
     model = load_model(checkpoint)
     cfg = model.config
     metadata = {"source_checkpoint": os.path.abspath(checkpoint), "net": cfg["net"],
@@ -50,11 +61,12 @@ def export(checkpoint, out, batch, opset):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint of this project")
+    p.add_argument("--checkpoint", required=True, help="a .npz checkpoint of this project, or a run's output folder "
+                                                       "(its best.npz, else last.npz)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=batch_size, default="1",
                    help="batch dimension: 1 (what FaceRecognizerSF feeds), any N, or 'dynamic' (default: 1)")
-    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=opset_version, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     args = p.parse_args(argv)
     try:
         cfg, proto = export(args.checkpoint, args.out, args.batch, args.opset)

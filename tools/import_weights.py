@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util.runtime  # noqa: E402,F401
@@ -29,12 +28,13 @@ import numpy as np  # noqa: E402
 from backbone import build_backbone_from_config  # noqa: E402
 from backbone.layers import DEFAULT_INPUT_MEAN  # noqa: E402
 from data.images import parse_size  # noqa: E402
-from interop.weight_import import SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet, from_xiaoccer_pytorch  # noqa: E402
-from model.checkpoint import load_weights, save_checkpoint  # noqa: E402
+from interop.weight_import import (SFACE_TORCH_INPUT_SCALE, from_insightface_mxnet, from_xiaoccer_pytorch,  # noqa: E402
+                                   mxnet_nodes)
+from model.checkpoint import DAMAGED_NPZ, load_weights, save_checkpoint  # noqa: E402
 from model.torch_pickle import load_torch_file  # noqa: E402
 from model.weight_files import read_reference_pytorch, state_dict_arrays  # noqa: E402
 from util.files import OutputError  # noqa: E402
-from util.options import finite_float  # noqa: E402
+from util.options import positive_float  # noqa: E402
 
 
 def backbone_config(net, input_hw, embedding_size, input_norm, source):
@@ -51,8 +51,21 @@ def read_npz(path):
             raise ValueError("a single array, not an archive of named arrays")
         with loaded:
             return {name: loaded[name] for name in loaded.files}
-    except (ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz of arrays ({e})") from None
+    except DAMAGED_NPZ as e:
+        raise ValueError(f"{path}: not a readable .npz of arrays ({e or type(e).__name__})") from None
+
+
+def read_symbol(path):
+    """An MXNet -symbol.json graph; ValueError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            graph = json.load(f)
+        mxnet_nodes(graph)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON MXNet graph ({e})") from None
+    except (KeyError, TypeError, IndexError):
+        raise ValueError(f"{path}: not an MXNet symbol graph (a 'nodes' list of op, name and inputs)") from None
+    return graph
 
 
 def import_insightface(args):
@@ -60,8 +73,11 @@ def import_insightface(args):
     embedding = params["aux:fc1_moving_mean"].shape[0]
     cfg = backbone_config("MobileFaceNet", (112, 112), embedding, (0, 0), args.params)
     model = build_backbone_from_config(cfg)
-    with open(args.symbol) as f:
-        arrays, input_norm = from_insightface_mxnet(params, f.read(), model)
+    graph = read_symbol(args.symbol)
+    try:
+        arrays, input_norm = from_insightface_mxnet(params, graph, model)
+    except ValueError as e:  # a graph of another network
+        raise ValueError(f"{args.symbol}: {e}") from None
     cfg["input_norm"] = list(input_norm)
     return cfg, arrays, {}
 
@@ -102,7 +118,7 @@ def main(argv=None):
     s.add_argument("--backbone", required=True, help="backbone state dict (.pth)")
     s.add_argument("--head", help="SFace head state dict (.pth), optional")
     s.add_argument("--input_size", default="112x112")
-    s.add_argument("--input_scale", type=finite_float, default=SFACE_TORCH_INPUT_SCALE,
+    s.add_argument("--input_scale", type=positive_float, default=SFACE_TORCH_INPUT_SCALE,
                    help="pixel scale after subtracting 127.5: 0.078125 for the official SFace code, "
                         "1/127.5 for face.evoLVe, 1/128 for InsightFace")
     for s in sub.choices.values():
@@ -117,7 +133,8 @@ def main(argv=None):
     except OSError as e:  # a file that cannot be opened
         sys.exit(f"error: cannot import {args.source} weights: {e.filename}: {e.strerror}")
     except KeyError as e:  # an array the source's layout has and the file lacks
-        source_file = {"insightface": args.params, "xiaoccer": args.checkpoint, "pytorch": args.backbone}[args.source]
+        option = {"insightface": "params", "xiaoccer": "checkpoint", "pytorch": "backbone"}[args.source]
+        source_file = getattr(args, option)
         sys.exit(f"error: cannot import {args.source} weights: {source_file}: holds no array {e} (not a {args.source} "
                  "model?)")
     except ValueError as e:

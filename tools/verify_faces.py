@@ -32,7 +32,7 @@ from data.images import decode_image, fit_input_size  # noqa: E402
 from data.photos import photo_face  # noqa: E402
 from data.text import DataError  # noqa: E402
 from evaluation.protocol import FAR_TARGETS, flip_fused  # noqa: E402
-from evaluation.results_file import read_results, row_number, target_row  # noqa: E402
+from evaluation.results_file import ResultsError, read_results, row_number, target_row  # noqa: E402
 from evaluation.scf_scoring import SCF_TARGET_SUFFIX  # noqa: E402
 from interop.onnx_export import ExportError, onnx_input_size  # noqa: E402
 from model.loading import load_model  # noqa: E402
@@ -54,6 +54,14 @@ def false_accept_rate(text):
     value = finite_float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a false-accept rate in (0, 1], got '{text}'")
+    return value
+
+
+def cosine_threshold(text):
+    """--threshold's type: a cosine similarity, from -1 to 1 (beyond, every pair would get one answer)."""
+    value = finite_float(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity from -1 to 1, got '{text}'")
     return value
 
 
@@ -135,6 +143,8 @@ def evaluation_threshold(results_path, target, far):
     """-> (cosine threshold, where it comes from, the checkpoint evaluated) out of a results.json."""
     checkpoint, rows = read_results(results_path)
     rows = {name: row for name, row in rows.items() if not name.endswith(SCF_TARGET_SUFFIX)}
+    if not rows:
+        raise ResultsError(f"{results_path}: holds no verification results (evaluate with --target)")
     if target is None and len(rows) != 1:
         raise UsageError(f"{results_path}: choose a target with --target: {', '.join(rows)}")
     row = target_row(results_path, rows, target or next(iter(rows)))
@@ -171,7 +181,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs=2, metavar="IMAGE", help="two photos (with --aligned: two aligned faces)")
     p.add_argument("--model", required=True, help="an .onnx export (tools/export_onnx.py) or a .npz checkpoint")
-    p.add_argument("--threshold", type=finite_float,
+    p.add_argument("--threshold", type=cosine_threshold,
                    help="cosine similarity from which two faces count as the same person")
     p.add_argument("--results", help=f"an eval_SFace_jittor.py results.json to take the threshold from "
                                      f"(default: {DEFAULT_RESULTS} when it exists)")

@@ -16,10 +16,11 @@ from backbone import check_backbone
 from data.images import parse_size
 from data.text import DataError
 from head import HEADS, head_params
-from model.checkpoint import CheckpointError, model_config
-from util.distributed import WORKERS_ID_HELP, parse_workers, select_device
+from model.checkpoint import CheckpointError
+from model.loading import model_config
+from util.distributed import WORKERS_ID_HELP, parse_workers, select_device, workers_id
 from util.files import REPO_ROOT
-from util.options import finite_float
+from util.options import finite_float, probability, random_seed
 
 from .run_state import training_checkpoint
 from .tensorboard_log import writer_installed
@@ -32,13 +33,13 @@ FLAG = "flag"  # an option's type: on when given
 
 # What both scripts mean the same by (docs/training.md: "as in training").
 COMMON_OPTIONS = {
-    "workers_id": Option(str, "auto", WORKERS_ID_HELP),
+    "workers_id": Option(workers_id, "auto", WORKERS_ID_HELP),
     "data_mode": Option(str, "casia", "dataset preset: default data root and the recipe's values"),
     "data_root": Option(str, "", "folder holding imgs.txt (and property) or train.rec + train.idx; default from "
                                  "--data_mode"),
     "epochs": Option(int, 80, "training epochs"),
     "batch_size": Option(int, 256, "global batch size, split across MPI ranks"),
-    "seed": Option(int, 1337, "random seed (data order, flips, dropout, initial weights)"),
+    "seed": Option(random_seed, 1337, "random seed (data order, flips, dropout, initial weights)"),
     "save_freq": Option(int, 1000, "write last.npz every N batches (also at each epoch end)"),
     "log_freq": Option(int, 20, "log averaged training figures every N batches"),
     "num_workers": Option(int, 4, "image-decoding threads per process"),
@@ -106,7 +107,7 @@ SCF_OPTIONS = {
     "step_size": Option(int, 2, "epochs between learning-rate decays (StepLR)"),
     "gamma": Option(float, 0.5, "StepLR decay factor"),
     "radius": Option(float, 64.0, "r of w_y = r W_y / |W_y| (the SCF paper's 64)"),
-    "quality_augment": Option(float, 0.0, "probability that a training image is blurred, downscaled or partly "
+    "quality_augment": Option(probability, 0.0, "probability that a training image is blurred, downscaled or partly "
                                           "covered at a random strength, so the head also sees faces whose "
                                           "embeddings drift from their centre (default 0: the public recipe)"),
     "outdir": Option(str, "", "output folder (default: results/SCF-<net>-<data_mode>, or the resumed "
@@ -172,11 +173,14 @@ def layered(spec, given):
     return values
 
 
-def parse_int_list(text, option):
+def parse_epoch_list(text, option):
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        epochs = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if any(e < 0 for e in epochs):  # an epoch before the first would silently divide the rate from the start
+        raise ValueError(f"{option} must be epochs >= 0, got '{text}'")
+    return epochs
 
 
 def check_ranges(cfg, positive, non_negative):
@@ -217,9 +221,11 @@ def resolve_sface(cfg):
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"{cfg['net']}-{cfg['head']}-{cfg['data_mode']}")
     cfg["targets"] = [] if cfg["target"].strip().lower() in ("", "none") else \
         [t.strip() for t in cfg["target"].split(",") if t.strip()]
+    if not cfg["targets"] and cfg["target"].strip().lower() not in ("", "none"):
+        raise ValueError(f"--target {cfg['target']!r} names no target; give 'none' to train without evaluation")
     cfg["input_hw"] = list(parse_size(cfg["input_size"]))
     check_backbone(cfg["net"], cfg["input_hw"])
-    cfg["stage_epochs"] = parse_int_list(cfg["stages"], "--stages")
+    cfg["stage_epochs"] = parse_epoch_list(cfg["stages"], "--stages")
     check_ranges(cfg, ("epochs", "batch_size", "embedding_size", "log_freq", "num_workers", "lr"),
                  ("eval_freq", "save_freq", "max_steps", "momentum", "weight_decay"))
     for key in ("label_noise", "label_noise_open"):
@@ -243,7 +249,7 @@ def resolve_scf(cfg):
     cfg["outdir"] = cfg["outdir"] or os.path.join("results", f"SCF-{cfg['net']}-{cfg['data_mode']}")
     cfg["targets"] = []  # SCF runs score no verification target while training
     check_ranges(cfg, ("epochs", "batch_size", "step_size", "log_freq", "num_workers", "lr", "radius", "gamma"),
-                 ("save_freq", "max_steps", "quality_augment", "weight_decay"))
+                 ("save_freq", "max_steps", "weight_decay"))
     return cfg
 
 

@@ -6,12 +6,13 @@ Each log window's figures also go to `<outdir>/metrics.jsonl` (evaluation/metric
 """
 import logging
 import os
+import sys
 import time
 
 from tqdm import tqdm
 
 from util import distributed
-from util.files import make_outdir
+from util.files import appending_failed, make_outdir
 
 LOGGER_NAME = "sface"
 
@@ -19,6 +20,17 @@ LOGGER_NAME = "sface"
 class TqdmHandler(logging.Handler):
     def emit(self, record):
         tqdm.write(self.format(record))
+
+
+class RunLogFile(logging.FileHandler):
+    """train.log: a write that fails (a full disk) ends the run with one line naming the file, instead of
+    logging's traceback for every later line."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise appending_failed(self.baseFilename, "log", error) from None
+        super().handleError(record)
 
 
 def setup_logging(outdir):
@@ -36,7 +48,7 @@ def setup_logging(outdir):
     log.addHandler(console)
     if main and outdir:
         make_outdir(outdir)
-        to_file = logging.FileHandler(os.path.join(outdir, "train.log"))
+        to_file = RunLogFile(os.path.join(outdir, "train.log"))
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(to_file)
     return log

@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 
+from head import head_params
 from model.checkpoint import (BEST, LAST, CheckpointError, is_scf, load_checkpoint, load_weights, module_arrays,
                               not_scf, run_checkpoint, save_checkpoint)
+from model.loading import model_config
 from util import distributed
 from util.files import OutputError, make_outdir, remove_leftovers
 
@@ -46,7 +48,32 @@ def training_checkpoint(path, scf):
     if "progress" not in checkpoint["meta"]:
         raise CheckpointError(f"{path}: holds weights only (no training state); start from it with "
                               f"{'--checkpoint' if scf else '--resume_backbone'}")
+    check_training_state(path, checkpoint["meta"])
     return path, checkpoint
+
+
+def check_training_state(path, meta):
+    """The run a damaged or hand-edited `meta` entry would resume, checked before anything is built from it."""
+    model_config(path, meta.get("config") or {})
+    progress = meta["progress"]
+    if not (isinstance(progress, dict) and all(is_count(progress.get(k)) for k in ("epoch", "batch", "step"))):
+        raise CheckpointError(f"{path}: its training position (meta 'progress') is not counts of epochs, batches "
+                              "and steps")
+    if not is_count(meta.get("optimizer_steps")):
+        raise CheckpointError(f"{path}: its optimizer step count (meta 'optimizer_steps') is not a count")
+    for key in ("best", "window"):
+        if not isinstance(meta.get(key, {}), (dict, type(None))):
+            raise CheckpointError(f"{path}: its meta '{key}' is not a JSON object")
+    config = meta["config"]
+    if not is_scf(config):
+        try:
+            head_params(config.get("head"), config.get("head_params", {}), config.get("shard_head", False))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: its config names no head this project trains: {e}") from None
+
+
+def is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def is_sharded(module):

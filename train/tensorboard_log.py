@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from evaluation.angles import HISTOGRAM_BINS
-from util.files import make_outdir, remove_leftovers, write_atomically
+from util.files import appending_failed, make_outdir, remove_leftovers, write_atomically
 
 TENSORBOARD_DIR = "tensorboard"
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard reads every file whose name holds "tfevents"
@@ -170,10 +170,14 @@ class TensorBoardLog:
                 self.write(record)
 
     def write(self, record):
-        if self.file is None:
-            self.file = self.new_event_file()
-        self.file.write(frame(record_event(record, time.time()).SerializeToString()))
-        self.file.flush()
+        try:
+            if self.file is None:
+                self.file = self.new_event_file()
+            self.file.write(frame(record_event(record, time.time()).SerializeToString()))
+            self.file.flush()
+        except OSError as e:  # a full disk
+            raise appending_failed(self.file.name if self.file else self.folder, "TensorBoard event file",
+                                   e) from None
 
     def new_event_file(self):
         """A file of its own (TensorBoard's name, with the process id and a count to keep it unique), opened with

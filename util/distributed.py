@@ -9,6 +9,7 @@ Two kinds of traffic:
   checkpoint gathers, replica checks.
 A rank that fails calls `abort`, so the whole job stops instead of hanging in a collective.
 """
+import argparse
 import sys
 import traceback
 import zlib
@@ -40,15 +41,27 @@ WORKERS_ID_HELP = "GPU ids for the ranks, e.g. '0' or '0,1' (rank r uses the r-t
                   "CUDA works)"
 
 
+WORKERS_ID_FORMAT = "'cpu', 'auto' or comma-separated GPU ids"
+
+
+def workers_id(text):
+    """--workers_id's type: checked where it is typed, so a bad value is a usage error naming the flag."""
+    try:
+        parse_workers(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {WORKERS_ID_FORMAT}, got '{text}'") from None
+    return text
+
+
 def parse_workers(text):
     """--workers_id: 'cpu' -> [], 'auto' -> None (CUDA when Jittor has it), '0,1' -> [0, 1]."""
     text = text.strip().lower()
     if text in ("cpu", "auto"):
         return [] if text == "cpu" else None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--workers_id must be 'cpu', 'auto' or comma-separated GPU ids, got '{text}'") from None
+    ids = [v.strip() for v in text.split(",") if v.strip()]
+    if not ids or not all(v.isdigit() for v in ids):  # isdigit: no sign, so no negative id
+        raise ValueError(f"--workers_id must be {WORKERS_ID_FORMAT}, got '{text}'")
+    return [int(v) for v in ids]
 
 
 class DeviceError(InputError):

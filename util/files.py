@@ -57,6 +57,11 @@ def write_atomically(path, content, what="file"):
         raise OutputError(f"{path}: cannot write the {what} ({e.strerror or e}); {kept}") from None
 
 
+def appending_failed(path, what, error):
+    """The OutputError for a file a run appends to (its log, metrics, events) that cannot take more (a full disk)."""
+    return OutputError(f"{path}: cannot write the {what} ({error.strerror or error}); what it held is kept")
+
+
 def write_npz(file, arrays):
     """`arrays` into the open binary `file` as np.savez lays them out, the archive closed even when a write fails.
 

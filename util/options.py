@@ -15,6 +15,27 @@ def finite_float(text):
     return value
 
 
+def probability(text):
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a probability is from 0 to 1, got {value:g}")
+    return value
+
+
+def positive_float(text):
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def non_negative_float(text):
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value:g}")
+    return value
+
+
 def integer(text):
     try:
         return int(text)
@@ -33,4 +54,18 @@ def non_negative_int(text):
     value = integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+SEED_LIMIT = 2**32  # numpy's SeedSequence takes no negative seed; 32 bits name more runs than anyone trains
+
+
+def random_seed(text):
+    """A random seed's type: an integer from 0 to 2**32 - 1."""
+    return checked_seed(integer(text))
+
+
+def checked_seed(value):
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_LIMIT - 1}, got {value}")
     return value

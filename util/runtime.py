@@ -70,6 +70,8 @@ def rank_gpu(rank, workers_id, visible):
     if rank is None or workers_id is None or workers_id.strip().lower() in ("cpu", "auto", ""):
         return None
     ids = [v.strip() for v in workers_id.split(",") if v.strip()]
+    if not ids or not all(v.isdigit() for v in ids):
+        return None  # no GPU ids: the script's own check of --workers_id names what is wrong, once Jittor is up
     chosen = int(ids[rank % len(ids)])
     devices = [v.strip() for v in visible.split(",")] if visible else None
     if devices is not None and not 0 <= chosen < len(devices):
