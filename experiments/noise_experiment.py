@@ -90,10 +90,11 @@ def run_dir(outdir, head, kind, fraction, seed):
 
 
 def grid(args):
-    """(head, kind, fraction, seed) of every run, in the order they run: the priority cells first, seed by seed.
-    Settings without noise are one setting whatever their kind."""
+    """(head, kind, fraction, seed) of every run, in the order they run: the priority cells first, seed by seed,
+    the heads side by side in each setting (so that a grid cut short still compares them). Settings without noise
+    are one setting whatever their kind."""
     settings = list(dict.fromkeys((kind if fraction else "closed", fraction) for kind, fraction in args.noise))
-    cells = [(head, kind, fraction) for head in args.heads for kind, fraction in settings]
+    cells = [(head, kind, fraction) for kind, fraction in settings for head in args.heads]
     first = [c for c in cells if c[0] in PRIORITY[0] and c[1] == PRIORITY[1]]
     return [(*cell, seed) for group in (first, [c for c in cells if c not in first]) for seed in args.seeds
             for cell in group]

@@ -154,6 +154,10 @@ def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_a
     runs = [(c.split("--head ")[1].split()[0], "--label_noise_open" in c, c.split("--seed ")[1].split()[0])
             for c in calls]
     assert runs[:2] == [("SFaceLoss", False, "1"), ("SFaceLoss", False, "2")] and len(runs) == 8  # priority first
+    order = noise_experiment.grid(noise_experiment.parse_args(
+        ["--data_root", str(tmp_path / "data"), "--heads", "SFaceLoss,ArcFace", "--noise", "closed:0,closed:0.4"]))
+    assert order[:4] == [("SFaceLoss", "closed", 0.0, 1), ("ArcFace", "closed", 0.0, 1),  # the heads side by side
+                         ("SFaceLoss", "closed", 0.4, 1), ("ArcFace", "closed", 0.4, 1)]
     table = (tmp_path / "runs" / "results.md").read_text()
     assert "| SFaceLoss | 85.00 ± 7.07 / 42.50 ± 3.54 (n=2) | 85.00 ± 7.07 / 42.50 ± 3.54 (n=2) |" in table
     assert "| CosFace | 65.00 ± 7.07 / 32.50 ± 3.54 (n=2) |" in table
