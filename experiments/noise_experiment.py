@@ -9,7 +9,8 @@ Every run trains MobileFaceNet from scratch with the same schedule and scores th
 (lfw_test, 10-fold protocol, mirror images included) every --eval_freq steps; SFace takes the paper's
 CASIA-WebFace (a, b) = (0.87, 1.2). After training, tools/angle_report.py measures where the last checkpoint
 puts the clean and the noisy training images. Writes <outdir>/results.md (the tables), results.json and
-noise_experiment.png (held-out accuracy over training, and at the end per head and noise).
+noise_experiment.png (held-out accuracy over training, and at the end per head and noise), rewritten after
+every finished run.
 
 Runs go one after the other, SFace and ArcFace under closed-set noise first; a finished run (its
 experiment.json written) is kept and skipped, an interrupted one resumed from its last checkpoint, so the
@@ -163,8 +164,7 @@ def experiment(args):
                 continue
         with open(done) as f:
             summaries[(head, kind, fraction, seed)] = json.load(f)
-    if summaries:
-        write_results(args, summaries)
+        write_results(args, summaries)  # after every run: a grid stopped part-way has the tables of what it ran
     return summaries, failed
 
 
@@ -175,7 +175,6 @@ def write_results(args, summaries):
                [{"head": h, "noise": k, "fraction": f, "seed": s, **v} for (h, k, f, s), v in summaries.items()],
                "results")
     save_figure(os.path.join(args.outdir, "noise_experiment.png"), args, summaries)
-    print(tables)
 
 
 def cells_of(summaries):
@@ -187,8 +186,9 @@ def cells_of(summaries):
 
 
 def mean_sd(values, scale=100.0):
+    """'mean ± sd' of several values; one value alone, with no spread to show."""
     values = scale * np.asarray(values, np.float64)
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def results_tables(args, summaries):
@@ -305,6 +305,8 @@ def main(argv=None):
         summaries, failed = experiment(args)
     except InputError as e:
         sys.exit(f"error: {e}")
+    if summaries:
+        print(results_tables(args, summaries))
     if failed:
         sys.exit(f"error: {len(failed)} run(s) failed (their messages are above; a re-run retries them):\n"
                  + "\n".join(failed))

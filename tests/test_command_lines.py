@@ -168,6 +168,27 @@ def test_the_noise_experiment_runs_its_grid_priority_first_keeps_finished_runs_a
     assert len(again) == 1 and "--seed 2" in again[0] and "--label_noise_open 0.2" in again[0]
 
 
+def test_the_noise_experiment_tabulates_each_run_as_it_finishes(tmp_path, monkeypatch):
+    from experiments import noise_experiment
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imgs.txt").write_text("a.jpg 0\n")
+    (tmp_path / "train_SFace_jittor.py").write_text(FAKE_TRAINER)
+    monkeypatch.setattr(noise_experiment, "REPO_ROOT", str(tmp_path))
+    finish_run = noise_experiment.finish_run
+
+    def interrupted_at_seed_2(args, head, kind, fraction, seed, folder):
+        if seed == 2:
+            raise KeyboardInterrupt  # the grid stopped during its second run
+        finish_run(args, head, kind, fraction, seed, folder)
+    monkeypatch.setattr(noise_experiment, "finish_run", interrupted_at_seed_2)
+    with pytest.raises(KeyboardInterrupt):
+        noise_experiment.main(["--outdir", str(tmp_path / "runs"), "--data_root", str(tmp_path / "data"),
+                               "--heads", "SFaceLoss", "--noise", "closed:0", "--seeds", "1,2", "--no_report"])
+    table = (tmp_path / "runs" / "results.md").read_text()
+    assert "| SFaceLoss | 80.00 / 40.00 (n=1) |" in table  # one seed: no spread shown
+    assert (tmp_path / "runs" / "noise_experiment.png").is_file()
+
+
 def test_the_benchmark_checks_its_flags_before_any_work(capsys, tmp_path):
     import benchmark
     for args, message in ((["--batch_size", "0"], "--batch_size must be positive, got 0"),
