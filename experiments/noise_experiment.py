@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 from data.lfw_protocol import TEST_TARGET  # noqa: E402
 from evaluation.metrics_file import METRICS_NAME, read_metrics  # noqa: E402
 from head import HEADS  # noqa: E402
-from train.config import parse_epoch_list  # noqa: E402
 from util.distributed import workers_id  # noqa: E402
 from util.errors import InputError  # noqa: E402
 from util.files import REPO_ROOT, make_outdir, write_atomically, write_json  # noqa: E402
-from util.options import checked_seed, finite_float, non_negative_int, positive_float, positive_int  # noqa: E402
+from util.options import (checked_seed, finite_float, non_negative_int, parse_epoch_list, positive_float,  # noqa: E402
+                          positive_int)
 
 NOISE_FLAGS = {"closed": "--label_noise", "open": "--label_noise_open"}
 PRIORITY = (("SFaceLoss", "ArcFace"), "closed")  # what runs first, should the budget run out

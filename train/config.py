@@ -20,7 +20,7 @@ from model.checkpoint import CheckpointError
 from model.loading import model_config
 from util.distributed import WORKERS_ID_HELP, parse_workers, select_device, workers_id
 from util.files import REPO_ROOT
-from util.options import finite_float, probability, random_seed
+from util.options import finite_float, parse_epoch_list, probability, random_seed
 
 from .run_state import training_checkpoint
 from .tensorboard_log import writer_installed
@@ -171,16 +171,6 @@ def layered(spec, given):
     values.update(spec.presets[mode], data_root=os.path.join(REPO_ROOT, DATA_ROOTS[mode]))
     values.update(given)
     return values
-
-
-def parse_epoch_list(text, option):
-    try:
-        epochs = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated integers, got '{text}'") from None
-    if any(e < 0 for e in epochs):  # an epoch before the first would silently divide the rate from the start
-        raise ValueError(f"{option} must be epochs >= 0, got '{text}'")
-    return epochs
 
 
 def check_ranges(cfg, positive, non_negative):

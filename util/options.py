@@ -69,3 +69,13 @@ def checked_seed(value):
     if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_LIMIT - 1}, got {value}")
     return value
+
+
+def parse_epoch_list(text, option):
+    try:
+        epochs = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if any(e < 0 for e in epochs):  # an epoch before the first would silently divide the rate from the start
+        raise ValueError(f"{option} must be epochs >= 0, got '{text}'")
+    return epochs
