@@ -86,6 +86,17 @@ def test_window_logs_the_angles_of_its_steps_and_resumes_exactly():
     assert "theta_target" not in a and "unpulled" in describe_record(dict(a, img_per_s=1.0))
 
 
+def test_the_window_throughput_leaves_out_the_time_of_an_evaluation(monkeypatch):
+    from train import logger
+    clock = iter([100.0, 104.0, 134.0, 138.0, 138.0])  # start; an evaluation from 104 s to 134 s; the record
+    monkeypatch.setattr(logger, "time", SimpleNamespace(time=lambda: next(clock)))
+    window = TrainWindow(None, None)
+    window.add({"loss": 1.0, "samples": 160, "steps": 5})
+    with window.paused():
+        pass
+    assert window.record({"step": 5, "epoch": 0}, 0.1)["img_per_s"] == pytest.approx(160 / 8.0)
+
+
 def test_a_step_reads_the_target_and_one_sampled_other_cosine_per_sample():
     import jittor as jt
 

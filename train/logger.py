@@ -4,6 +4,7 @@ Rank 0 logs to the console (through tqdm, so progress bars stay intact) and to
 `<outdir>/train.log`; other ranks print warnings and errors only, tagged with their rank.
 Each log window's figures also go to `<outdir>/metrics.jsonl` (evaluation/metrics_file.py).
 """
+import contextlib
 import logging
 import os
 import sys
@@ -73,6 +74,15 @@ class TrainWindow:
     def add(self, stats):
         for k, v in stats.items():
             self.sums[k] = self.sums.get(k, [] if k in self.ANGLES else 0) + v
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (an evaluation) is left out of the window's throughput."""
+        began = time.time()
+        try:
+            yield
+        finally:
+            self.start += time.time() - began
 
     def record(self, progress, lr):
         """Means of the figures, accuracy (when counted) and throughput; then starts a new window."""

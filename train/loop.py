@@ -133,7 +133,8 @@ class Run:
                 if progress["step"] % cfg["log_freq"] == 0:
                     self.log_window(model.optimizer.lr)
                 if validation is not None and cfg["eval_freq"] and progress["step"] % cfg["eval_freq"] == 0:
-                    self.evaluate(model, validation)
+                    with self.window.paused():
+                        self.evaluate(model, validation)
                 stop = reached_max_steps(cfg, progress)
                 if cfg["save_freq"] and progress["step"] % cfg["save_freq"] == 0 or stop:
                     self.save(LAST, model, validation)
