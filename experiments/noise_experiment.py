@@ -255,7 +255,8 @@ def save_figure(path, args, summaries):
     for i, head in enumerate(heads):
         runs = [cells.get((head, k, f), []) for k, f in settings]
         means = [100 * np.mean([r["accuracy"] for r in rs]) if rs else np.nan for rs in runs]
-        sds = [100 * np.std([r["accuracy"] for r in rs], ddof=1) if len(rs) > 1 else 0 for rs in runs]
+        sds = [100 * np.std([r["accuracy"] for r in rs], ddof=1) if len(rs) > 1 else np.nan  # one seed: no bar
+               for rs in runs]
         finals.bar(np.arange(len(settings)) + (i - (len(heads) - 1) / 2) * width, means, width, yerr=sds,
                    color=colours[head], label=head, capsize=3)
     finals.set_xticks(np.arange(len(settings)), [setting_name(k, f) for k, f in settings])
